@@ -1,0 +1,5 @@
+import sys
+
+from tvrbench.cli import main
+
+sys.exit(main())
