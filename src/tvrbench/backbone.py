@@ -26,6 +26,7 @@ TINY = "tiny"
 REAL_CLIP = "openai/clip-vit-base-patch32"
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
 LOGIT_SCALE_MAX = 100.0
+PUNCTUATION = [".", ",", "!", "?", "'", "-"]
 
 
 class BackboneNotFoundError(FileNotFoundError):
@@ -68,7 +69,8 @@ def build_tiny_tokenizer(words: list[str] | None = None, max_length: int = 32):
     from transformers import PreTrainedTokenizerFast
 
     words = sorted(set(w.lower() for w in (default_vocabulary() if words is None else words)))
-    vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, EOS, *words])}
+    punctuation = [p for p in PUNCTUATION if p not in words]
+    vocab = {tok: i for i, tok in enumerate([PAD, UNK, BOS, EOS, *punctuation, *words])}
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Sequence(
@@ -158,7 +160,8 @@ def build_tiny_clip(
 def _missing_message(name_or_path: str, what: str) -> str:
     cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return (
-        f"CLIP {what} not found for {name_or_path!r}: looked for a local directory of that name and "
+        f"CLIP {what} not found for {name_or_path!r}: looked for a local directory of that name "
+        f"and "
         f"for the hub id in the Hugging Face cache ({cache}), offline. Put them there with "
         f"`huggingface-cli download {REAL_CLIP}` on a machine with internet (then copy the cache), "
         f"or pass a directory written by `CLIPModel.save_pretrained` + the tokenizer's "

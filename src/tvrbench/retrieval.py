@@ -60,3 +60,248 @@ def symmetric_infonce(logits: Tensor) -> Tensor:
     """½[CE(S) + CE(Sᵀ)] for a square ``[B, B]`` logit matrix whose diagonal holds the positives."""
     target = torch.arange(logits.shape[0], device=logits.device)
     return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+
+
+def gather_with_local_grad(module: L.LightningModule, x: Tensor) -> Tensor:
+    """All-gather ``x [B, ...]`` across ranks → ``[W*B, ...]``; only the local shard keeps its
+    gradient (each rank back-propagates through its own features, as in CLIP4Clip/open_clip)."""
+    if module.trainer is None or module.trainer.world_size <= 1:
+        return x
+    gathered = module.all_gather(x.detach())  # (W, B, ...)
+    gathered = gathered.clone()
+    gathered[module.global_rank] = x
+    return gathered.flatten(0, 1)
+
+
+def gather_eval(module: L.LightningModule, x: Tensor) -> Tensor:
+    """All-gather an evaluation tensor ``[n, ...]`` → ``[W*n, ...]`` (identity on one process)."""
+    if module.trainer is None or module.trainer.world_size <= 1:
+        return x
+    return module.all_gather(x).flatten(0, 1)
+
+
+def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
+    """Learning-rate factor: linear warm-up to 1 over ``warmup_steps``, then cosine to 0."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+class RetrievalModule(L.LightningModule):
+    """Shared LightningModule of every method; a subclass sets ``self.head``.
+
+    Args:
+        clip: ``"tiny"``, a local ``save_pretrained`` directory, or a cached hub id.
+        clip_checkpoint: optional ``.pt`` state dict of the ``CLIPModel`` to start from (e.g. the
+            benchmark's pretrained tiny CLIP).
+        lr: learning rate of the method's new parameters.
+        backbone_lr: learning rate of the CLIP parameters (logit scale included).
+        weight_decay: AdamW weight decay (not applied to biases, norms, embeddings' gains).
+        betas, eps: AdamW.
+        warmup_frac: fraction of the optimizer steps spent in linear warm-up before cosine decay.
+        freeze_backbone: keep CLIP frozen (head-only training).
+        score_memory_mb: memory budget of chunked gallery scoring, MiB.
+        eval_on_cpu: move gathered evaluation states to the CPU before scoring (saves GPU memory).
+    """
+
+    def __init__(
+        self,
+        clip: str = TINY,
+        clip_checkpoint: str | None = None,
+        lr: float = 1e-4,
+        backbone_lr: float = 1e-7,
+        weight_decay: float = 0.2,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        warmup_frac: float = 0.1,
+        freeze_backbone: bool = False,
+        score_memory_mb: float = 2048.0,
+        eval_on_cpu: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.backbone = ClipBackbone.from_pretrained(clip)
+        if clip_checkpoint:
+            state = torch.load(clip_checkpoint, map_location="cpu", weights_only=True)
+            self.backbone.clip.load_state_dict(state)
+        if freeze_backbone:
+            self.backbone.requires_grad_(False)
+        self.head: RetrievalHead
+        self._eval_outputs: dict[str, list[Tensor]] = defaultdict(list)
+        self._eval_text_keys: list[str] = []
+        self._eval_video_keys: list[str] = []
+        #: The last evaluation: stage, ranks, bucket ids and names, metrics (read by the runner).
+        self.last_eval: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------- encoding
+
+    def frame_embeddings(self, frames: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
+        """``[B, N, 3, H, W]``, ``[B, N]`` → frame-level embeddings ``[B, N', D]`` and mask."""
+        return self.backbone.encode_frames(frames, frame_mask), frame_mask
+
+    def encode_video(self, frames: Tensor, frame_mask: Tensor) -> State:
+        """Frames → the head's query-independent video state (leading dim B)."""
+        emb, mask = self.frame_embeddings(frames, frame_mask)
+        return self.head.video_state(emb, mask)
+
+    def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> State:
+        """Token ids ``[B, L]`` → the head's text state (leading dim B)."""
+        return self.head.text_state(self.backbone.encode_text(input_ids, attention_mask))
+
+    def similarity(self, text: State, video: State) -> Tensor:
+        """Unscaled ``[Bt, Bv]`` similarity, scored in memory-bounded chunks."""
+        from tvrbench.scoring import chunked_score, memory_budget_bytes_from_mb
+
+        budget = memory_budget_bytes_from_mb(self.hparams.score_memory_mb)
+        return chunked_score(self.head, text, video, budget)
+
+    def forward(self, batch: dict[str, Any]) -> Tensor:
+        """Similarity logits ``[B, B]`` of a batch (texts × videos), logit scale applied."""
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        return self.backbone.logit_scale() * self.similarity(text, video)
+
+    # ------------------------------------------------------------------------- training
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        text = {k: gather_with_local_grad(self, v) for k, v in text.items()}
+        video = {k: gather_with_local_grad(self, v) for k, v in video.items()}
+        logits = self.backbone.logit_scale() * self.head.score(text, video)  # (Bt, Bv)
+        loss = symmetric_infonce(logits)
+        self.log("train/infonce", loss, prog_bar=False, batch_size=logits.shape[0])
+        extra = self.head.extra_loss(text, video)
+        if extra is not None:
+            self.log("train/extra_loss", extra, batch_size=logits.shape[0])
+            loss = loss + extra
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
+        self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = defaultdict(list)
+        backbone_ids = {id(p) for p in self.backbone.parameters()}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim < 2 or "norm" in name.lower() or name.endswith("logit_scale")
+            groups[(id(p) in backbone_ids, no_decay)].append(p)
+        param_groups = [
+            {
+                "params": params,
+                "lr": hp.backbone_lr if is_backbone else hp.lr,
+                "weight_decay": 0.0 if no_decay else hp.weight_decay,
+            }
+            for (is_backbone, no_decay), params in groups.items()
+        ]
+        optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), eps=hp.eps)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_frac * total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: warmup_cosine(step, total, warmup)
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
+
+    # ------------------------------------------------------------------------- evaluation
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
+        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        self._eval_text_keys, self._eval_video_keys = sorted(text), sorted(video)
+        for k, v in text.items():
+            self._eval_outputs["text." + k].append(v.detach())
+        for k, v in video.items():
+            self._eval_outputs["video." + k].append(v.detach())
+        self._eval_outputs["index"].append(batch["index"])
+        self._eval_outputs["bucket"].append(batch["bucket"])
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def _bucket_names(self, stage: str, n_buckets: int) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "bucket_names"):
+            return list(dm.bucket_names(stage))
+        return [f"b{i}" for i in range(n_buckets)]
+
+    def gathered_eval_states(self) -> tuple[State, State, Tensor, Tensor]:
+        """Gather evaluation outputs from every rank and undo distributed-sampler padding.
+
+        Returns text state, video state, dataset indices ``[n]`` (sorted, unique) and bucket
+        ids ``[n]``; row i of each is dataset sample ``index[i]``.
+        """
+        out = {k: torch.cat(v) for k, v in self._eval_outputs.items()}
+        self._eval_outputs.clear()
+        out = {k: gather_eval(self, v) for k, v in out.items()}
+        index = out["index"]
+        # A distributed sampler pads the last shard by repeating samples: keep the first copy.
+        order = torch.argsort(index, stable=True)
+        sorted_index = index[order]
+        keep = torch.ones_like(sorted_index, dtype=torch.bool)
+        keep[1:] = sorted_index[1:] != sorted_index[:-1]
+        rows = order[keep]
+        if self.hparams.eval_on_cpu:
+            out = {k: v.cpu() for k, v in out.items()}
+            rows = rows.cpu()
+        text = {k: out["text." + k][rows] for k in self._eval_text_keys}
+        video = {k: out["video." + k][rows] for k in self._eval_video_keys}
+        return text, video, out["index"][rows], out["bucket"][rows]
+
+    @torch.no_grad()
+    def _eval_epoch_end(self, stage: str) -> None:
+        from tvrbench.metrics import summarize_ranks, text_to_video_ranks, video_to_text_ranks
+
+        if not self._eval_outputs:
+            return
+        text, video, index, bucket = self.gathered_eval_states()
+        sim = self.similarity(text, video).float()  # (n, n): paragraph i ↔ video i
+        ranks_t2v = text_to_video_ranks(sim).cpu()
+        ranks_v2t = video_to_text_ranks(sim).cpu()
+        bucket = bucket.cpu()
+        n_buckets = int(bucket.max()) + 1 if bucket.numel() else 0
+        names = self._bucket_names(stage, n_buckets)
+        metrics: dict[str, dict[str, dict[str, float]]] = {
+            "all": {"t2v": summarize_ranks(ranks_t2v), "v2t": summarize_ranks(ranks_v2t)}
+        }
+        for b, name in enumerate(names):
+            sel = bucket == b
+            if sel.any():
+                metrics[name] = {
+                    "t2v": summarize_ranks(ranks_t2v[sel]),
+                    "v2t": summarize_ranks(ranks_v2t[sel]),
+                }
+        self.last_eval = {
+            "stage": stage,
+            "index": index.cpu(),
+            "bucket": bucket,
+            "bucket_names": names,
+            "ranks_t2v": ranks_t2v,
+            "ranks_v2t": ranks_v2t,
+            "metrics": metrics,
+        }
+        n = float(sim.shape[0])
+        logged: dict[str, float] = {}
+        for group, per_dir in metrics.items():
+            prefix = f"{stage}/" if group == "all" else f"{stage}/bucket={group}/"
+            for direction, values in per_dir.items():
+                for key, value in values.items():
+                    logged[f"{prefix}{direction}/{key}"] = float(value)
+        logged[f"{stage}/R@1"] = float(metrics["all"]["t2v"]["R@1"])
+        logged[f"{stage}/n_queries"] = n
+        self.log_dict(logged, sync_dist=False, rank_zero_only=False)
