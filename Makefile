@@ -13,6 +13,7 @@ CLIP ?=
 DEVICE ?= auto
 METHODS ?=
 OUT ?= outputs/bench-didemo
+BENCH_ARGS ?=
 BENCH_CONFIG ?= configs/bench/didemo.yaml
 
 .PHONY: help install test test-all lint format bench-didemo bench-scoring clean
@@ -48,7 +49,7 @@ bench-didemo: $(STAMP) ## The main benchmark (synthetic DiDeMo-format data unles
 		$(if $(DIDEMO_ROOT),--didemo_root $(DIDEMO_ROOT)) \
 		$(if $(CLIP),--clip $(CLIP)) \
 		$(if $(METHODS),--methods '$(METHODS)') \
-		--device $(DEVICE) --out_dir $(OUT)
+		--device $(DEVICE) --out_dir $(OUT) $(BENCH_ARGS)
 
 bench-scoring: $(STAMP) ## Scoring-at-scale benchmark against the machine's matmul rate
 	$(PY) benchmarks/scoring.py
