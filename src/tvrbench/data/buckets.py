@@ -1,0 +1,124 @@
+"""Length buckets (pure functions).
+
+A bucket table is given by its inner edges ``e_1 < ... < e_{K-1}``: bucket 0 holds values
+``< e_1``, bucket i holds ``e_i <= v < e_{i+1}``, the last bucket holds ``v >= e_{K-1}``. Every
+value — the extremes included — falls in exactly one bucket. Names read ``"0-18s"``,
+``"18-31s"``, ``"31-54s"``, ``"54s+"`` (``"w"`` for word counts).
+
+Keys (``bucket_by``): ``"duration"`` — the video's decoded duration in seconds; ``"sampled_span"``
+— the part of it that frames are sampled from (``min(duration, clip_seconds)``); ``"words"`` —
+the paragraph's word count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+BUCKET_KEYS = ("duration", "sampled_span", "words")
+
+
+def bucket_unit(bucket_by: str) -> str:
+    """``"w"`` for word counts, ``"s"`` for seconds."""
+    if bucket_by not in BUCKET_KEYS:
+        raise ValueError(f"unknown bucket_by {bucket_by!r}; expected one of {BUCKET_KEYS}")
+    return "w" if bucket_by == "words" else "s"
+
+
+def bucket_values(
+    bucket_by: str,
+    durations_s: Sequence[float],
+    num_words: Sequence[int],
+    clip_seconds: float | None = None,
+) -> np.ndarray:
+    """The per-video key ``[V]`` for ``bucket_by``."""
+    bucket_unit(bucket_by)
+    if bucket_by == "words":
+        return np.asarray(num_words, dtype=np.float64)
+    values = np.asarray(durations_s, dtype=np.float64)
+    if bucket_by == "sampled_span" and clip_seconds is not None:
+        values = np.minimum(values, clip_seconds)
+    return values
+
+
+def quantile_edges(values: Sequence[float], num_buckets: int) -> list[float]:
+    """Inner edges splitting ``values`` into ``num_buckets`` groups of (nearly) equal count.
+
+    Sorted values are cut into consecutive groups whose sizes differ by at most one; each edge is
+    the midpoint between the last value of a group and the first of the next. With ties across
+    a cut, or fewer distinct values than buckets, edges that would not be strictly increasing
+    are dropped (fewer buckets).
+    """
+    if num_buckets < 1:
+        raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
+    v = np.sort(np.asarray(values, dtype=np.float64))
+    edges: list[float] = []
+    if len(v) == 0:
+        return edges
+    sizes = [len(g) for g in np.array_split(np.arange(len(v)), num_buckets)]
+    cut = 0
+    for size in sizes[:-1]:
+        cut += size
+        if 0 < cut < len(v) and v[cut - 1] < v[cut]:
+            edge = float((v[cut - 1] + v[cut]) / 2)
+            if not edges or edge > edges[-1]:
+                edges.append(edge)
+    return edges
+
+
+def check_edges(edges: Sequence[float]) -> list[float]:
+    """Validated inner edges (finite, strictly increasing)."""
+    out = [float(e) for e in edges]
+    if not all(np.isfinite(out)) or any(b <= a for a, b in zip(out, out[1:])):
+        raise ValueError(f"bucket edges must be finite and strictly increasing, got {out}")
+    return out
+
+
+def assign_buckets(values: Sequence[float], edges: Sequence[float]) -> np.ndarray:
+    """Bucket id ``[V]`` (int64) of each value: the number of edges ``<= value``."""
+    e = np.asarray(check_edges(edges), dtype=np.float64)
+    return np.searchsorted(e, np.asarray(values, dtype=np.float64), side="right").astype(np.int64)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.1f}".rstrip("0").rstrip(".")
+
+
+def bucket_names(edges: Sequence[float], unit: str = "s") -> list[str]:
+    """Readable names, e.g. ``[18, 31, 54]`` → ``["0-18s", "18-31s", "31-54s", "54s+"]``."""
+    e = check_edges(edges)
+    bounds = [0.0, *e]
+    names = [f"{_fmt(lo)}-{_fmt(hi)}{unit}" for lo, hi in zip(bounds, e)]
+    names.append(f"{_fmt(bounds[-1])}{unit}+")
+    return names
+
+
+def bucket_table(
+    values: Sequence[float],
+    edges: Sequence[float],
+    unit: str = "s",
+    durations_s: Sequence[float] | None = None,
+    num_frames: Sequence[int] | None = None,
+) -> list[dict]:
+    """Per bucket: ``name``, ``lower``, ``upper`` (None for the open end), ``videos``,
+    ``mean_duration_s`` and ``mean_frames`` (None when not given or the bucket is empty)."""
+    ids = assign_buckets(values, edges)
+    e = check_edges(edges)
+    rows = []
+    for b, name in enumerate(bucket_names(e, unit)):
+        sel = ids == b
+        row: dict = {
+            "name": name,
+            "lower": 0.0 if b == 0 else e[b - 1],
+            "upper": e[b] if b < len(e) else None,
+            "videos": int(sel.sum()),
+            "mean_duration_s": None,
+            "mean_frames": None,
+        }
+        if durations_s is not None and sel.any():
+            row["mean_duration_s"] = float(np.asarray(durations_s, dtype=np.float64)[sel].mean())
+        if num_frames is not None and sel.any():
+            row["mean_frames"] = float(np.asarray(num_frames, dtype=np.float64)[sel].mean())
+        rows.append(row)
+    return rows
