@@ -306,7 +306,8 @@ def test_states_sum_across_simulated_ranks():
     # Every state is declared SUM-reduced, and the sum of the shards' states is the whole's.
     for name in ("hits", "rank_sum", "n_queries", "rank_hist"):
         assert rank0._reductions[name] is dim_zero_sum
-        torch.testing.assert_close(getattr(rank0, name) + getattr(rank1, name), getattr(whole, name))
+        merged = getattr(rank0, name) + getattr(rank1, name)
+        torch.testing.assert_close(merged, getattr(whole, name))
 
     summed = TextToVideoRankMetrics(n_video)
     summed.merge_state({n: getattr(rank0, n) + getattr(rank1, n) for n in rank0._defaults})
