@@ -1,0 +1,544 @@
+"""``DiDeMoDataModule``: paragraph-to-video retrieval batches for every method (SPEC §3).
+
+What happens at ``setup``, per split:
+
+1. annotations and split list are read (:func:`tvrbench.data.annotations.load_split`), listed
+   videos without a file are counted as missing;
+2. every video is probed once through the frame cache (:class:`tvrbench.data.cache.FrameCache`),
+   decoding the misses in a process pool with a progress bar, so that durations (for the length
+   buckets) and unreadable files are known before training; unreadable files are skipped
+   (``on_bad_video="skip"``, listed in the ``bad_videos.csv`` manifest together with the missing
+   ones) or stop the setup (``"error"``);
+3. the paragraphs are tokenised once (padded / truncated to ``max_words``);
+4. length buckets are computed (given edges, or equal-count quantiles of the split).
+
+Batches (docs/CONTRACTS.md): ``input_ids`` / ``attention_mask`` LongTensor ``[B, L]``,
+``frames`` FloatTensor ``[B, N, 3, H, W]`` CLIP-normalised and zero-padded to ``max_frames``,
+``frame_mask`` BoolTensor ``[B, N]``, ``index`` / ``bucket`` LongTensor ``[B]``,
+``duration_s`` FloatTensor ``[B]``, ``video`` list[str] (the name as listed in the split).
+
+Evaluation under DDP: Lightning wraps the evaluation loaders in a ``DistributedSampler``, which
+pads the dataset by repeating samples so that every rank gets the same number. ``index`` is the
+sample's position in its split's dataset; after gathering, keep one row per index
+(:func:`deduplicate_indices`) to score each query exactly once.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import logging
+import os
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from tvrbench.data import buckets as bk
+from tvrbench.data.annotations import SPLITS, SplitAnnotations, VideoAnnotation, load_split
+from tvrbench.data.cache import FrameCache, VideoInfo
+from tvrbench.data.video import READERS, SamplingConfig, normalize_frames
+
+log = logging.getLogger(__name__)
+
+BAD_VIDEO_POLICIES = ("skip", "error")
+MANIFEST_FIELDS = ("video", "split", "reason")
+_STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",)}
+
+
+class DataSetupError(RuntimeError):
+    """The data of a split cannot be used as configured (message names the split and why)."""
+
+
+# ------------------------------------------------------------------------------------- probe
+
+
+def _init_probe_worker() -> None:
+    torch.set_num_threads(1)
+
+
+def _probe_one(job: tuple[int, str, SamplingConfig, str, str]) -> tuple[int, VideoInfo]:
+    i, path, sampling, cache_dir, reader = job
+    info, _ = FrameCache(cache_dir).get_or_decode(path, sampling, reader)
+    return i, info
+
+
+def probe_videos(
+    paths: list[Path],
+    sampling: SamplingConfig,
+    cache: FrameCache,
+    reader: str = "auto",
+    processes: int = 1,
+    desc: str = "probe",
+) -> list[VideoInfo]:
+    """Duration, frame count or decode error of every video, decoding cache misses only.
+
+    Misses are decoded in a pool of ``processes`` processes (in this process when 1 or only one
+    miss), with a tqdm progress bar; results land in the cache.
+    """
+    from tqdm.auto import tqdm
+
+    infos: list[VideoInfo | None] = [cache.info(p, sampling) for p in paths]
+    misses = [i for i, info in enumerate(infos) if info is None]
+    if misses:
+        jobs = [(i, str(paths[i]), sampling, str(cache.root), reader) for i in misses]
+        bar = tqdm(total=len(jobs), desc=f"decode {desc}", unit="video", leave=False)
+        if processes > 1 and len(jobs) > 1:
+            ctx = get_context("fork" if "fork" in _start_methods() else None)
+            with ctx.Pool(min(processes, len(jobs)), initializer=_init_probe_worker) as pool:
+                for i, info in pool.imap_unordered(_probe_one, jobs):
+                    infos[i] = info
+                    bar.update()
+        else:
+            for job in jobs:
+                i, info = _probe_one(job)
+                infos[i] = info
+                bar.update()
+        bar.close()
+    return [info for info in infos if info is not None]
+
+
+def _start_methods() -> list[str]:
+    import multiprocessing
+
+    return multiprocessing.get_all_start_methods()
+
+
+def count_truncated(tokenizer: Any, texts: list[str], max_words: int) -> int:
+    """How many texts need more than ``max_words`` tokens (start and end tokens counted)."""
+    if not texts:
+        return 0
+    ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
+    return sum(len(x) > max_words for x in ids)
+
+
+def deduplicate_indices(index: torch.Tensor) -> torch.Tensor:
+    """Positions of the first occurrence of every distinct ``index`` value, ordered by index.
+
+    Undoes the padding of a ``DistributedSampler`` after gathering: ``rows[positions]`` has one
+    row per sample. Args: ``index`` LongTensor ``[M]``. Returns LongTensor ``[U]``.
+    """
+    values, inverse = torch.unique(index, sorted=True, return_inverse=True)
+    first = torch.full((len(values),), len(index), dtype=torch.long)
+    first.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amin")
+    return first
+
+
+# ------------------------------------------------------------------------------------ dataset
+
+
+class VideoTextDataset(Dataset):
+    """One paragraph + one video per item (already probed, tokenised and bucketed).
+
+    Items are dicts: ``input_ids``/``attention_mask`` ``[L]``, ``frames`` uint8 ``[n, S, S, 3]``,
+    ``index``, ``bucket``, ``duration_s``, ``video``. :func:`collate_batch` pads and normalises.
+    """
+
+    def __init__(
+        self,
+        videos: list[VideoAnnotation],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        durations_s: list[float],
+        num_frames: list[int],
+        bucket_ids: list[int],
+        sampling: SamplingConfig,
+        cache_dir: str,
+        reader: str,
+        frames: list[np.ndarray] | None = None,
+    ) -> None:
+        self.videos = videos
+        self.input_ids = input_ids  # (V, L)
+        self.attention_mask = attention_mask  # (V, L)
+        self.durations_s = durations_s
+        self.num_frames = num_frames
+        self.bucket_ids = bucket_ids
+        self.sampling = sampling
+        self.cache_dir = cache_dir
+        self.reader = reader
+        self.frames = frames  # in memory when the split is small
+
+    def __len__(self) -> int:
+        return len(self.videos)
+
+    def load_frames(self, i: int) -> np.ndarray:
+        """uint8 ``[n, S, S, 3]`` frames of item ``i`` (memory, else cache, else decode)."""
+        if self.frames is not None:
+            return self.frames[i]
+        path = self.videos[i].path
+        assert path is not None
+        info, frames = FrameCache(self.cache_dir).get_or_decode(path, self.sampling, self.reader)
+        if frames is None:
+            raise DataSetupError(f"{path.name}: became unreadable after setup ({info.error})")
+        return frames
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {
+            "input_ids": self.input_ids[i],
+            "attention_mask": self.attention_mask[i],
+            "frames": torch.from_numpy(np.ascontiguousarray(self.load_frames(i))),
+            "index": i,
+            "bucket": self.bucket_ids[i],
+            "duration_s": self.durations_s[i],
+            "video": self.videos[i].video,
+        }
+
+
+def collate_batch(samples: list[dict[str, Any]], max_frames: int) -> dict[str, Any]:
+    """Stack items into a batch of docs/CONTRACTS.md (frames normalised, zero-padded)."""
+    b = len(samples)
+    size = samples[0]["frames"].shape[1]
+    raw = torch.zeros(b, max_frames, size, size, 3, dtype=torch.uint8)  # (B, N, S, S, 3)
+    frame_mask = torch.zeros(b, max_frames, dtype=torch.bool)  # (B, N)
+    for j, s in enumerate(samples):
+        n = min(len(s["frames"]), max_frames)
+        raw[j, :n] = s["frames"][:n]
+        frame_mask[j, :n] = True
+    frames = normalize_frames(raw) * frame_mask[:, :, None, None, None]  # (B, N, 3, S, S)
+    return {
+        "input_ids": torch.stack([s["input_ids"] for s in samples]).long(),
+        "attention_mask": torch.stack([s["attention_mask"] for s in samples]).long(),
+        "frames": frames,
+        "frame_mask": frame_mask,
+        "index": torch.tensor([s["index"] for s in samples], dtype=torch.long),
+        "bucket": torch.tensor([s["bucket"] for s in samples], dtype=torch.long),
+        "duration_s": torch.tensor([s["duration_s"] for s in samples], dtype=torch.float32),
+        "video": [s["video"] for s in samples],
+    }
+
+
+class _Collate:
+    """Picklable collate function (DataLoader workers)."""
+
+    def __init__(self, max_frames: int) -> None:
+        self.max_frames = max_frames
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return collate_batch(samples, self.max_frames)
+
+
+# --------------------------------------------------------------------------------- datamodule
+
+
+class DiDeMoDataModule(L.LightningDataModule):
+    """DiDeMo (or the synthetic DiDeMo-format data) for paragraph-to-video retrieval.
+
+    Args:
+        root: dataset root (``{split}_data.json``, ``{split}_list.txt``, ``videos/``).
+        video_dir: folder of the video files (default ``ROOT/videos``).
+        tokenizer: ``"tiny"``, a tokenizer directory or a cached hub id
+            (:func:`tvrbench.backbone.load_tokenizer`).
+        max_words: tokens per paragraph, start and end tokens included (L).
+        max_frames: frames per video at most (N); batches are padded to it.
+        sample_fps: sampling rate (frames per second of video).
+        clip_seconds: sample only the first seconds (31 = published protocol; None = whole video).
+        image_size: frame side in pixels (224 for CLIP ViT-B/32, 32 for the tiny CLIP).
+        reader: ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
+        cache_dir: frame cache folder (default ``$TVRBENCH_CACHE`` or ``~/.cache/tvrbench/frames``).
+        on_bad_video: ``"skip"`` (exclude, list in the manifest) or ``"error"`` (stop at setup).
+        manifest_path: where ``bad_videos.csv`` goes (default: under the cache folder, one per
+            dataset root).
+        bucket_by: ``"duration"``, ``"sampled_span"`` or ``"words"``.
+        bucket_edges_s: inner bucket edges (e.g. ``[18, 31, 54]``); None for quantiles.
+        num_buckets: number of equal-count buckets when no edges are given.
+        batch_size: training batch size.
+        eval_batch_size: validation/test batch size (default ``batch_size``).
+        num_workers: DataLoader workers; also the probe pool size (0: ``os.cpu_count()``).
+        train_limit, val_limit, test_limit: keep only the first videos of a split (smoke runs).
+        seed: seed of the training shuffle.
+        memory_limit_gb: keep a split's decoded frames in memory below this size.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        video_dir: str | None = None,
+        tokenizer: str = "tiny",
+        max_words: int = 32,
+        max_frames: int = 64,
+        sample_fps: float = 1.0,
+        clip_seconds: float | None = 31.0,
+        image_size: int = 224,
+        reader: str = "auto",
+        cache_dir: str | None = None,
+        on_bad_video: str = "skip",
+        manifest_path: str | None = None,
+        bucket_by: str = "duration",
+        bucket_edges_s: list[float] | None = None,
+        num_buckets: int = 4,
+        batch_size: int = 32,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        train_limit: int | None = None,
+        val_limit: int | None = None,
+        test_limit: int | None = None,
+        seed: int = 0,
+        memory_limit_gb: float = 1.0,
+    ) -> None:
+        super().__init__()
+        if reader not in READERS:
+            raise ValueError(f"reader must be one of {READERS}, got {reader!r}")
+        if on_bad_video not in BAD_VIDEO_POLICIES:
+            raise ValueError(
+                f"on_bad_video must be one of {BAD_VIDEO_POLICIES}, got {on_bad_video!r}"
+            )
+        bk.bucket_unit(bucket_by)
+        if bucket_edges_s is not None:
+            bk.check_edges(bucket_edges_s)
+        self.save_hyperparameters()
+        self.root = Path(root)
+        self.video_dir = Path(video_dir) if video_dir else self.root / "videos"
+        self.tokenizer_name = tokenizer
+        self.max_words = max_words
+        self.sampling = SamplingConfig(sample_fps, max_frames, clip_seconds, image_size)
+        self.reader = reader
+        self.cache = FrameCache(cache_dir)
+        self.on_bad_video = on_bad_video
+        root_id = hashlib.sha1(str(self.root.resolve()).encode()).hexdigest()[:10]
+        self.manifest_path = (
+            Path(manifest_path)
+            if manifest_path
+            else self.cache.root / "manifests" / root_id / "bad_videos.csv"
+        )
+        self.bucket_by = bucket_by
+        self.bucket_edges_s = bucket_edges_s
+        self.num_buckets = num_buckets
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.limits = {"train": train_limit, "val": val_limit, "test": test_limit}
+        self.seed = seed
+        self.memory_limit_gb = memory_limit_gb
+        self._tokenizer: Any = None
+        self._datasets: dict[str, VideoTextDataset] = {}
+        self._annotations: dict[str, SplitAnnotations] = {}
+        self._summaries: dict[str, dict[str, Any]] = {}
+        self._edges: dict[str, list[float]] = {}
+        self._bad: dict[str, list[dict[str, str]]] = {}
+
+    # -------------------------------------------------------------------------------- setup
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            from tvrbench.backbone import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.tokenizer_name)
+        return self._tokenizer
+
+    def setup(self, stage: str | None = None) -> None:
+        """Prepare the splits of ``stage`` (all splits that have annotations when None)."""
+        if stage is None:
+            splits = tuple(s for s in SPLITS if (self.root / f"{s}_data.json").exists())
+        else:
+            splits = _STAGE_SPLITS.get(stage, ("test",))
+        for split in splits:
+            if split not in self._datasets:
+                self._setup_split(split)
+
+    def _processes(self) -> int:
+        return self.num_workers or os.cpu_count() or 1
+
+    def _probe(self, paths: list[Path], split: str) -> list[VideoInfo]:
+        def run() -> list[VideoInfo]:
+            return probe_videos(
+                paths, self.sampling, self.cache, self.reader, self._processes(), desc=split
+            )
+
+        trainer = self.trainer
+        if trainer is None or trainer.world_size <= 1:
+            return run()
+        # One rank per node decodes and fills the cache; the others then only read it.
+        if trainer.local_rank == 0:
+            infos = run()
+        trainer.strategy.barrier("tvrbench-probe")
+        if trainer.local_rank != 0:
+            infos = run()
+        return infos
+
+    def _setup_split(self, split: str) -> None:
+        ann = load_split(self.root, split, self.video_dir)
+        videos = ann.videos
+        limit = self.limits[split]
+        if limit is not None:
+            videos = videos[:limit]
+        paths = [v.path for v in videos if v.path is not None]
+        infos = self._probe(paths, split)
+        bad = [(v, info.error) for v, info in zip(videos, infos) if info.error is not None]
+        if bad and self.on_bad_video == "error":
+            first_video, reason = bad[0]
+            raise DataSetupError(
+                f"{split}: {len(bad)} unreadable video(s) in {self.video_dir}; first: {reason} "
+                "(on_bad_video='skip' excludes them and lists them in the manifest)"
+            )
+        good = [(v, info) for v, info in zip(videos, infos) if info.error is None]
+        kept = [v for v, _ in good]
+        durations = [float(info.duration_s or 0.0) for _, info in good]
+        num_frames = [info.num_frames for _, info in good]
+
+        tok = self.tokenizer
+        paragraphs = [v.paragraph for v in kept]
+        if paragraphs:
+            enc = tok(
+                paragraphs,
+                padding="max_length",
+                truncation=True,
+                max_length=self.max_words,
+                return_tensors="pt",
+            )
+            input_ids, attention_mask = enc["input_ids"].long(), enc["attention_mask"].long()
+        else:
+            input_ids = attention_mask = torch.zeros(0, self.max_words, dtype=torch.long)
+        truncated = count_truncated(tok, paragraphs, self.max_words)
+
+        values = bk.bucket_values(
+            self.bucket_by,
+            durations,
+            [len(p.split()) for p in paragraphs],
+            self.sampling.clip_seconds,
+        )
+        edges = (
+            bk.check_edges(self.bucket_edges_s)
+            if self.bucket_edges_s is not None
+            else bk.quantile_edges(values, self.num_buckets)
+        )
+        bucket_ids = bk.assign_buckets(values, edges).tolist()
+
+        frames = None
+        s = self.sampling.image_size
+        total_bytes = sum(num_frames) * s * s * 3
+        if total_bytes < self.memory_limit_gb * 1e9:
+            frames = []
+            for v in kept:
+                assert v.path is not None
+                info, arr = self.cache.get_or_decode(v.path, self.sampling, self.reader)
+                if arr is None:
+                    raise DataSetupError(f"{v.video}: unreadable on reload ({info.error})")
+                frames.append(arr)
+
+        self._annotations[split] = ann
+        self._edges[split] = edges
+        self._datasets[split] = VideoTextDataset(
+            kept,
+            input_ids,
+            attention_mask,
+            durations,
+            num_frames,
+            bucket_ids,
+            self.sampling,
+            str(self.cache.root),
+            self.reader,
+            frames,
+        )
+        self._bad[split] = [
+            {"video": v.video, "split": split, "reason": str(reason)} for v, reason in bad
+        ] + [
+            {
+                "video": name,
+                "split": split,
+                "reason": f"missing: no file for it in {self.video_dir}",
+            }
+            for name in ann.missing
+        ]
+        unit = bk.bucket_unit(self.bucket_by)
+        self._summaries[split] = {
+            "split": split,
+            "videos": len(kept),
+            "sentences": sum(len(v.sentences) for v in kept),
+            "missing_videos": len(ann.missing),
+            "unreadable_videos": len(bad),
+            "names_without_extension": len(ann.names_without_extension),
+            "truncated_paragraphs": truncated,
+            "max_words": self.max_words,
+            "clip_seconds": self.sampling.clip_seconds,
+            "sample_fps": self.sampling.sample_fps,
+            "bucket_by": self.bucket_by,
+            "buckets": bk.bucket_table(values, edges, unit, durations, num_frames),
+        }
+        self._write_manifest()
+        log.info(
+            "%s: %d videos, %d missing, %d unreadable (manifest %s)",
+            split,
+            len(kept),
+            len(ann.missing),
+            len(bad),
+            self.manifest_path,
+        )
+
+    def _write_manifest(self) -> None:
+        rows = self.bad_videos()
+        path = self.manifest_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        with tmp.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+
+    # ----------------------------------------------------------------------------- accessors
+
+    def _require(self, split: str) -> None:
+        if split not in self._datasets:
+            raise DataSetupError(f"split {split!r} is not set up; call setup() for its stage first")
+
+    def dataset(self, split: str) -> VideoTextDataset:
+        self._require(split)
+        return self._datasets[split]
+
+    def annotations(self, split: str) -> SplitAnnotations:
+        """The split's parsed annotations (incl. per-sentence moments and missing names)."""
+        self._require(split)
+        return self._annotations[split]
+
+    def bucket_edges(self, split: str) -> list[float]:
+        """Inner bucket edges of a split (seconds, or words for ``bucket_by="words"``)."""
+        self._require(split)
+        return list(self._edges[split])
+
+    def bucket_names(self, split: str) -> list[str]:
+        self._require(split)
+        return bk.bucket_names(self._edges[split], bk.bucket_unit(self.bucket_by))
+
+    def summary(self, split: str) -> dict[str, Any]:
+        """Counts of a split (videos, sentences, missing, unreadable, ...) and its bucket table."""
+        self._require(split)
+        return dict(self._summaries[split])
+
+    def bad_videos(self) -> list[dict[str, str]]:
+        """Unreadable and missing videos of every split set up so far (video, split, reason)."""
+        return [row for split in SPLITS for row in self._bad.get(split, [])]
+
+    # ------------------------------------------------------------------------------- loaders
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        ds = self.dataset(split)
+        kwargs: dict[str, Any] = dict(
+            num_workers=self.num_workers,
+            collate_fn=_Collate(self.sampling.max_frames),
+            persistent_workers=self.num_workers > 0,
+        )
+        if train:
+            generator = torch.Generator().manual_seed(self.seed)
+            return DataLoader(
+                ds,
+                batch_size=self.batch_size,
+                shuffle=True,
+                generator=generator,
+                drop_last=len(ds) >= 2 * self.batch_size,
+                **kwargs,
+            )
+        return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", train=False)
