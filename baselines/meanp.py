@@ -1,0 +1,70 @@
+"""CLIP4Clip meanP (SPEC §2.1): parameter-free mean pooling of frame embeddings.
+
+score(t, v) = cos(t, mean_j f̂_j) with f̂_j the L2-normalised embedding of real frame j. The video
+embedding does not depend on the query, so retrieval over a gallery is one matrix product.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.nn.functional as F
+from torch import Tensor
+
+from tvrbench.backbone import TextFeatures
+from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
+
+
+def masked_mean_normalised(emb: Tensor, mask: Tensor) -> Tensor:
+    """L2-normalise every item, average the real ones, L2-normalise the mean.
+
+    Args:
+        emb: ``[B, N, D]`` embeddings (frames or segments).
+        mask: ``[B, N]`` bool, True for real items.
+    Returns:
+        ``[B, D]`` unit vectors (a row with no real item comes back as zeros).
+    """
+    weight = mask.to(emb.dtype).unsqueeze(-1)  # (B, N, 1)
+    # torch.where rather than a product so that non-finite padding cannot leak into the sum.
+    unit = F.normalize(emb, dim=-1).where(mask.unsqueeze(-1), 0.0)  # (B, N, D)
+    mean = unit.sum(dim=1) / weight.sum(dim=1).clamp(min=1.0)  # (B, D)
+    return F.normalize(mean, dim=-1)
+
+
+class MeanPHead(RetrievalHead):
+    """Cosine between the sentence embedding and the mean of normalised frame embeddings.
+
+    States: video ``{"video": [Bv, D]}``, text ``{"sentence": [Bt, D]}``, both unit vectors.
+    """
+
+    def video_state(self, frame_emb: Tensor, frame_mask: Tensor) -> State:
+        """``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]`` → ``{"video": [Bv, D]}``."""
+        return {"video": masked_mean_normalised(frame_emb, frame_mask.bool())}
+
+    def text_state(self, text: TextFeatures) -> State:
+        """``{"sentence": [Bt, D]}``, L2-normalised."""
+        return {"sentence": F.normalize(text.sentence, dim=-1)}
+
+    def score(self, text: State, video: State) -> Tensor:
+        """``[Bt, Bv]`` cosine similarities."""
+        return text["sentence"] @ video["video"].t()  # (Bt, Bv)
+
+    def pair_bytes(self, text: State, video: State) -> int:
+        # The only per-pair tensor is the output entry.
+        return text["sentence"].element_size()
+
+    @staticmethod
+    def pair_flops(num_words: int, num_frames: int, dim: int) -> int:
+        """One dot product of two cached D-vectors: D multiply-adds."""
+        return dim
+
+
+class MeanPModule(RetrievalModule):
+    """CLIP4Clip meanP on the shared retrieval base. Arguments: see ``RetrievalModule``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.head = MeanPHead()
+
+
+__all__ = ["MeanPHead", "MeanPModule", "masked_mean_normalised"]
