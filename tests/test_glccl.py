@@ -1,0 +1,337 @@
+"""GLCCL head: efficient scoring against the plain reference, masking, pooling, CSC, training."""
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from tvrbench.backbone import TextFeatures
+from tvrbench.glccl import (
+    GLCCLHead,
+    TemporalEncoder,
+    csc_loss,
+    glccl_reference_scores,
+    glim_pool,
+)
+from tvrbench.retrieval import symmetric_infonce
+from tvrbench.scoring import chunked_score
+
+D, MAX_WORDS, MAX_FRAMES = 32, 10, 9
+
+
+def make_head(mask_padding: bool = True, seed: int = 0, **kwargs) -> GLCCLHead:
+    """A head whose identity-initialised matrices and zero-initialised projections have been
+    perturbed, so that every parameter matters in the comparison."""
+    torch.manual_seed(seed)
+    head = GLCCLHead(
+        D,
+        max_words=MAX_WORDS,
+        max_frames=MAX_FRAMES,
+        temporal_layers=2,
+        mask_padding=mask_padding,
+        **kwargs,
+    )
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    return head
+
+
+def make_inputs(bt=3, bv=4, length=8, n=7, seed=1):
+    """Random text features and frames with padded words and frames (random content)."""
+    g = torch.Generator().manual_seed(seed)
+    word_mask = torch.ones(bt, length, dtype=torch.bool)
+    word_mask[0, 5:] = False
+    word_mask[1, 3:] = False
+    frame_mask = torch.ones(bv, n, dtype=torch.bool)
+    frame_mask[0, 2:] = False
+    frame_mask[2, 5:] = False
+    frame_mask[3, 1:] = False
+    text = TextFeatures(
+        sentence=3 * torch.randn(bt, D, generator=g),
+        words=3 * torch.randn(bt, length, D, generator=g),
+        word_mask=word_mask,
+    )
+    frames = 3 * torch.randn(bv, n, D, generator=g)
+    return text, frames, frame_mask
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+@pytest.mark.parametrize("length", [8, MAX_WORDS])
+def test_efficient_scores_match_reference(mask_padding, length):
+    head = make_head(mask_padding)
+    text, frames, frame_mask = make_inputs(length=length)
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    with torch.no_grad():
+        fast = head.score_components(t_state, v_state)
+        ref = glccl_reference_scores(head, t_state, v_state)
+        score = head.score(t_state, v_state)
+    assert fast.shape == ref.shape == (4, 3, 4)
+    assert torch.isfinite(fast).all()
+    for c in range(4):
+        assert (fast[c] - ref[c]).abs().max() <= 1e-5, f"component {c}"
+    assert torch.allclose(score, ref.mean(0), atol=1e-5, rtol=0)
+    # The four components are genuinely different quantities.
+    assert (fast[0] - fast[3]).abs().max() > 1e-3
+
+
+def test_chunked_equals_unchunked():
+    head = make_head()
+    text, frames, frame_mask = make_inputs(bt=7, bv=9)
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    with torch.no_grad():
+        full = head.score(t_state, v_state)
+        pair = head.pair_bytes(t_state, v_state)
+        chunked = chunked_score(head, t_state, v_state, memory_budget_bytes=3 * pair)
+        one_by_one = chunked_score(head, t_state, v_state, memory_budget_bytes=1)
+    assert (chunked - full).abs().max() <= 1e-5
+    assert (one_by_one - full).abs().max() <= 1e-5
+
+
+def test_glim_pool_limits():
+    torch.manual_seed(0)
+    frames = torch.randn(3, 5, D)
+    frame_mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]).bool()
+    query = torch.randn(2, D)
+    # A padded frame that matches the query best must still be ignored.
+    frames[0, 3] = 10 * query[0]
+
+    flat = glim_pool(query, frames, frame_mask, tau=1e9)  # (2, 3, 5)
+    mean_weights = frame_mask.float() / frame_mask.sum(1, keepdim=True)
+    assert torch.allclose(flat, mean_weights.expand(2, 3, 5), atol=1e-6)
+    pooled = torch.einsum("qbn,bnd->qbd", flat, frames)
+    masked_mean = (frames * frame_mask[..., None]).sum(1) / frame_mask.sum(1)[:, None]
+    assert torch.allclose(pooled, masked_mean.expand(2, 3, D), atol=1e-5)
+
+    sharp = glim_pool(query, frames, frame_mask, tau=1e-4)
+    for q in range(2):
+        for b in range(3):
+            dots = [
+                float(query[q] @ frames[b, j]) if frame_mask[b, j] else -float("inf")
+                for j in range(5)
+            ]
+            best = max(range(5), key=dots.__getitem__)
+            expected = torch.zeros(5)
+            expected[best] = 1.0
+            assert torch.allclose(sharp[q, b], expected, atol=1e-6)
+
+    # Without a mask the padded best-matching frame wins.
+    unmasked = glim_pool(query, frames, None, tau=1e-4)
+    assert unmasked[0, 0, 3] > 0.999
+
+
+def constructed_components():
+    """Four 2×2 score matrices whose element-wise values across the components are
+    (0,0) → 0,0,0,4; (0,1) → 0,2,0,2; (1,0) → 0,6,0,6; (1,1) → 1,2,3,4."""
+    c = torch.zeros(4, 2, 2)
+    c[:, 0, 0] = torch.tensor([0.0, 0.0, 0.0, 4.0])
+    c[:, 0, 1] = torch.tensor([0.0, 2.0, 0.0, 2.0])
+    c[:, 1, 0] = torch.tensor([0.0, 6.0, 0.0, 6.0])
+    c[:, 1, 1] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    return c
+
+
+def test_csc_loss_by_hand():
+    # Unbiased variances (sum of squared deviations / 3):
+    #   V00: mean 1,   deviations -1,-1,-1,3          → 12/3 = 4
+    #   V01: mean 1,   deviations -1,1,-1,1           → 4/3
+    #   V10: mean 3,   deviations -3,3,-3,3           → 36/3 = 12
+    #   V11: mean 2.5, deviations -1.5,-.5,.5,1.5     → 5/3
+    # numerator   = (4 + 5/3) / 2         = 17/6
+    # denominator = (4/3 + 12) / 4 (B² = 4 entries, diagonal zeroed) = 10/3
+    # loss = (17/6) / (10/3) = 0.85
+    components = constructed_components()
+    assert csc_loss(components).item() == pytest.approx(0.85, abs=1e-6)
+
+    head = make_head(csc_weight=0.5)
+    head.score_components = lambda text, video: components  # type: ignore[method-assign]
+    assert head.extra_loss({}, {}).item() == pytest.approx(0.425, abs=1e-6)
+    assert make_head(csc_weight=0.0).extra_loss({}, {}) is None
+
+
+def _pad(text: TextFeatures, frames, frame_mask, extra_words=2, extra_frames=2, seed=5):
+    """Append padded words and frames with random content and re-randomise existing padding."""
+    g = torch.Generator().manual_seed(seed)
+    bt, length, _ = text.words.shape
+    bv, n, _ = frames.shape
+    words = torch.cat([text.words, torch.zeros(bt, extra_words, D)], 1)
+    word_mask = torch.cat([text.word_mask, torch.zeros(bt, extra_words, dtype=torch.bool)], 1)
+    words = torch.where(word_mask[..., None], words, 5 * torch.randn(words.shape, generator=g))
+    frames2 = torch.cat([frames, torch.zeros(bv, extra_frames, D)], 1)
+    mask2 = torch.cat([frame_mask, torch.zeros(bv, extra_frames, dtype=torch.bool)], 1)
+    frames2 = torch.where(mask2[..., None], frames2, 5 * torch.randn(frames2.shape, generator=g))
+    return TextFeatures(text.sentence, words, word_mask), frames2, mask2
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_padding_changes_nothing_when_masked(mask_padding):
+    head = make_head(mask_padding)
+    text, frames, frame_mask = make_inputs(length=7, n=6)
+    padded = _pad(text, frames, frame_mask, extra_words=3, extra_frames=3)
+    with torch.no_grad():
+        before = head.score_components(head.text_state(text), head.video_state(frames, frame_mask))
+        after = head.score_components(head.text_state(padded[0]), head.video_state(*padded[1:]))
+    diff = (before - after).abs().amax(dim=(1, 2))  # per component
+    if mask_padding:
+        assert diff.max() <= 1e-5
+    else:  # reference behaviour: padding takes part in GLIM and in the word poolings
+        assert (diff > 1e-3).all()
+
+
+def test_temporal_encoder_starts_as_identity_and_masks_keys():
+    torch.manual_seed(0)
+    enc = TemporalEncoder(64, layers=2, max_frames=8)
+    assert enc.transformer.layers[0].self_attn.num_heads == 1
+    f = torch.randn(2, 5, 64)
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]]).bool()
+    assert torch.allclose(enc(f, mask), 2 * f + enc.position.weight[:5], atol=1e-5)
+    assert TemporalEncoder(512, layers=1).transformer.layers[0].self_attn.num_heads == 8
+
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    g = f.clone()
+    g[0, 3:] = 100 * torch.randn(2, 64)  # padded frames of video 0
+    out_f, out_g = enc(f, mask), enc(g, mask)
+    assert torch.allclose(out_f[0, :3], out_g[0, :3], atol=1e-5)
+    assert (enc(f, torch.ones_like(mask))[0, :3] - out_f[0, :3]).abs().max() > 1e-3
+
+
+def _loss(head, text, frames, frame_mask, scale=20.0):
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    loss = symmetric_infonce(scale * head.score(t_state, v_state))
+    return loss + head.extra_loss(t_state, v_state)
+
+
+def test_every_parameter_gets_a_gradient():
+    torch.manual_seed(0)
+    head = GLCCLHead(D, max_words=MAX_WORDS, max_frames=MAX_FRAMES, temporal_layers=2)
+    text, frames, frame_mask = make_inputs(bt=4, bv=4)
+    opt = torch.optim.SGD(head.parameters(), lr=0.1)
+    # Zero-initialised residual projections block the gradient of the rest of each block on the
+    # very first step only: take one step, then require a non-zero gradient everywhere.
+    for _ in range(2):
+        opt.zero_grad()
+        _loss(head, text, frames, frame_mask).backward()
+        for name, p in head.named_parameters():
+            assert p.grad is not None, name
+            assert torch.isfinite(p.grad).all(), name
+        opt.step()
+    for name, p in head.named_parameters():
+        assert p.grad.abs().max() > 0, name
+
+
+def test_loss_decreases_on_fixed_batch():
+    torch.manual_seed(0)
+    head = GLCCLHead(D, max_words=MAX_WORDS, max_frames=MAX_FRAMES, temporal_layers=2)
+    text, frames, frame_mask = make_inputs(bt=6, bv=6, seed=3)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = _loss(head, text, frames, frame_mask)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_pair_flops_counts_every_matmul():
+    length, n = 6, 5
+    head = make_head()
+    g = torch.Generator().manual_seed(0)
+    text = TextFeatures(
+        torch.randn(1, D, generator=g),
+        torch.randn(1, length, D, generator=g),
+        torch.ones(1, length, dtype=torch.bool),
+    )
+    t_state = head.text_state(text)
+    frames = torch.randn(1, n, D, generator=g)
+    v_state = head.video_state(frames, torch.ones(1, n, dtype=torch.bool))
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        head.score(t_state, v_state)
+    matmul_macs = counter.get_total_flops() // 2
+    # Element-wise multiply-adds the counter does not see: Gram row dots (L+1)·N, S_vs N,
+    # pooled sums of S_vw and S_sf 2L, first S_fw poolings 2L², second ones 2L.
+    elementwise = (length + 1) * n + n + 2 * length + 2 * length**2 + 2 * length
+    assert GLCCLHead.pair_flops(length, n, D) == matmul_macs + elementwise
+    # SPEC's order of magnitude at L = N = 64, D = 512: below the reference's ≈12.6 M.
+    assert 4e6 < GLCCLHead.pair_flops(64, 64, 512) < 12.6e6
+
+
+def test_pair_bytes_grows_with_sizes():
+    head = make_head()
+    small = make_inputs(length=4, n=3)
+    large = make_inputs(length=8, n=7)
+    b_small = head.pair_bytes(head.text_state(small[0]), head.video_state(*small[1:]))
+    b_large = head.pair_bytes(head.text_state(large[0]), head.video_state(*large[1:]))
+    # At least the GEMM output and the L×L frame-word matrix, in float32.
+    assert b_large >= 4 * ((2 * 8 + 2) * 7 + 8 * 8)
+    assert b_small < b_large
+
+
+def test_too_many_frames_or_words_is_a_clear_error():
+    head = make_head()
+    text, frames, frame_mask = make_inputs(length=MAX_WORDS + 1, n=MAX_FRAMES + 1)
+    with pytest.raises(ValueError, match="max_frames"):
+        head.video_state(frames, torch.ones_like(frame_mask))
+    with pytest.raises(ValueError, match="max_words"):
+        head.text_state(text)
+
+
+def test_module_forward_on_fake_batch():
+    pytest.importorskip("tvrbench.data.synth")
+    from tvrbench.glccl import GLCCLModule
+
+    torch.manual_seed(0)
+    module = GLCCLModule(clip="tiny", max_words=32, max_frames=4, temporal_layers=1)
+    b = 3
+    input_ids = torch.randint(4, 20, (b, 32))
+    attention_mask = torch.zeros(b, 32, dtype=torch.long)
+    attention_mask[:, :6] = 1
+    attention_mask[0, :10] = 1
+    frame_mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
+    batch = {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "frames": torch.randn(b, 4, 3, 32, 32),
+        "frame_mask": frame_mask,
+        "index": torch.arange(b),
+        "bucket": torch.zeros(b, dtype=torch.long),
+    }
+    logits = module(batch)
+    assert logits.shape == (b, b) and torch.isfinite(logits).all()
+
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    trainer = L.Trainer(
+        fast_dev_run=2,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    before = module.head.global_weight.detach().clone()
+    trainer.fit(module, DataLoader([batch, batch], batch_size=None))
+    assert torch.isfinite(trainer.callback_metrics["train/loss"])
+    assert "train/extra_loss" in trainer.callback_metrics
+    assert not torch.equal(before, module.head.global_weight.detach())
+
+
+@pytest.mark.parametrize("name", ["glccl.yaml", "glccl_published.yaml"])
+def test_method_configs_parse(name):
+    from pathlib import Path
+
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from tvrbench.retrieval import RetrievalModule
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "method" / name
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_subclass_arguments(RetrievalModule, "model")
+    cfg = parser.parse_args(["--config", str(path)])
+    assert cfg.model.class_path == "tvrbench.glccl.GLCCLModule"
+    assert cfg.model.init_args.csc_weight == 0.5
