@@ -236,6 +236,25 @@ def test_loss_decreases_on_fixed_batch():
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_training_step_scores_once():
+    head = make_head()
+    text, frames, frame_mask = make_inputs(bt=4, bv=4)
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    calls = []
+    inner = head._components
+    head._components = lambda t, v: calls.append(1) or inner(t, v)  # type: ignore[method-assign]
+    head.score(t_state, v_state)
+    reused = head.extra_loss(t_state, v_state)
+    assert len(calls) == 1
+    fresh = head.extra_loss(t_state, v_state)  # nothing cached any more: recomputed
+    assert len(calls) == 2
+    assert torch.allclose(reused, fresh)
+    with torch.no_grad():  # evaluation never keeps components
+        head.score(t_state, v_state)
+        head.extra_loss(t_state, v_state)
+    assert len(calls) == 4
+
+
 def test_pair_flops_counts_every_matmul():
     length, n = 6, 5
     head = make_head()

@@ -236,6 +236,7 @@ class GLCCLHead(RetrievalHead):
         self.tau, self.pool_temperature = tau, pool_temperature
         self.csc_weight, self.mask_padding = csc_weight, mask_padding
         self.temporal = TemporalEncoder(dim, temporal_layers, max_frames) if use_temporal else None
+        self._last_components: tuple[Tensor, Tensor, Tensor] | None = None
 
         def eye(n: int) -> nn.Parameter:
             return nn.Parameter(torch.eye(n))
@@ -296,8 +297,16 @@ class GLCCLHead(RetrievalHead):
     # -------------------------------------------------------------------------- scoring
 
     def score(self, text: State, video: State) -> Tensor:
-        """Unscaled GLCCL score ``[Bt, Bv]``: the mean of the four components."""
-        return self.score_components(text, video).mean(0)
+        """Unscaled GLCCL score ``[Bt, Bv]``: the mean of the four components.
+
+        When gradients are on, the components are kept until the next :meth:`extra_loss` on the
+        very same state tensors, so a training step computes them once for InfoNCE and CSC.
+        """
+        components = self.score_components(text, video)  # (4, Bt, Bv)
+        self._last_components = None
+        if components.requires_grad:
+            self._last_components = (text["queries"], video["frames"], components)
+        return components.mean(0)
 
     def score_components(self, text: State, video: State) -> Tensor:
         """``[4, Bt, Bv]``: S_vs, S_vw, S_sf, S_fw (unscaled), without any per-pair Python loop
@@ -363,9 +372,13 @@ class GLCCLHead(RetrievalHead):
     def extra_loss(self, text: State, video: State) -> Tensor | None:
         """η · CSC loss on the batch's ``[B, B]`` component scores (None when η = 0; zero for a
         batch of one, which has no negatives)."""
+        last, self._last_components = self._last_components, None
         if self.csc_weight == 0:
             return None
-        components = self.score_components(text, video)  # (4, B, B)
+        if last is not None and last[0] is text["queries"] and last[1] is video["frames"]:
+            components = last[2]  # computed by score() on these states in this step
+        else:
+            components = self.score_components(text, video)  # (4, B, B)
         if components.shape[1] != components.shape[2]:
             raise GLCCLShapeError(
                 f"GLCCL CSC loss needs a square batch, got {tuple(components.shape[1:])}"
