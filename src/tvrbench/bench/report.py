@@ -104,8 +104,9 @@ def findings(
         lead = float(best[METRIC] - second[METRIC])
         verdict = _significance(best, second, bucket, ranks, n_boot, seed)
         tie = " (tied)" if lead == 0 else ""
+        verb = "ties for first on" if lead == 0 else "wins"
         out.append(
-            f"{head}: {best['method']} wins t2v R@1 with {_fmt(best[METRIC])} "
+            f"{head}: {best['method']} {verb} t2v R@1 with {_fmt(best[METRIC])} "
             f"[{_fmt(best.get(METRIC + '_lo'))}, {_fmt(best.get(METRIC + '_hi'))}] vs runner-up "
             f"{second['method']} {_fmt(second[METRIC])} "
             f"[{_fmt(second.get(METRIC + '_lo'))}, {_fmt(second.get(METRIC + '_hi'))}]{tie}; "

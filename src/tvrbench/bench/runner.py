@@ -196,7 +196,7 @@ def _frames_at(sample: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, t
         frames = sample["frames"][:, :1]
     reps = math.ceil(n / frames.shape[1])
     frames = frames.repeat(1, reps, 1, 1, 1)[:, :n].contiguous()
-    return frames, torch.ones(1, n, dtype=torch.bool)
+    return frames, torch.ones(1, n, dtype=torch.bool, device=frames.device)
 
 
 def _metric_row(prefix: str, summary: dict[str, Any], ci: dict[str, tuple[float, float]] | None):
@@ -208,6 +208,7 @@ def _metric_row(prefix: str, summary: dict[str, Any], ci: dict[str, tuple[float,
     return row
 
 
+@torch.no_grad()
 def measure_method(
     module,
     capture,
@@ -241,8 +242,9 @@ def measure_method(
     n_gallery = len(index)
 
     module.eval().to(device)
-    sample = {k: v.to(device) for k, v in capture.sample.items()}
-    gallery_state = {k: v.to(device) for k, v in capture.video_state.items()}
+    # Clones: tensors captured under trainer.test are inference tensors, unusable by the tracer.
+    sample = {k: v.clone().to(device) for k, v in capture.sample.items()}
+    gallery_state = {k: v.clone().to(device) for k, v in capture.video_state.items()}
     ids, am = sample["input_ids"], sample["attention_mask"]
 
     q_lat = query_latency(module, ids, am, gallery_state, latency_repeats, latency_warmup)
@@ -250,7 +252,7 @@ def measure_method(
 
     def cost_at(n: int) -> dict[str, Any]:
         if n not in per_frames:
-            frames, mask = _frames_at(capture.sample, n)
+            frames, mask = _frames_at(sample, n)
             frames, mask = frames.to(device), mask.to(device)
             flops = method_flops(module, ids, am, frames, mask)
             v_lat = video_latency(module, frames, mask, latency_repeats, latency_warmup)
@@ -328,15 +330,49 @@ def measure_method(
 
 
 def _pretrained_clip(datamodule, cache_root: Path, minutes: float, seed: int) -> str:
-    """The tiny CLIP pretrained on the training split (cached; see ``tvrbench.bench.pretrain``)."""
+    """The tiny CLIP pretrained on the TRAINING split's (frame, sentence) pairs, cached under
+    ``<cache_root>/pretrain/<key>.pt`` (see :mod:`tvrbench.bench.pretrain`)."""
     from tvrbench.bench import pretrain as pt
 
-    if hasattr(pt, "pretrain_for_datamodule"):
-        return str(pt.pretrain_for_datamodule(datamodule, cache_root, minutes=minutes, seed=seed))
-    raise BenchConfigError(
-        "pretrain: tvrbench.bench.pretrain has no pretrain_for_datamodule(datamodule, cache_root,"
-        " minutes, seed) yet; set `pretrain: false` or pass `clip_checkpoint`"
-    )
+    datamodule.setup("fit")
+    ds = datamodule.dataset("train")
+    config = pt.PretrainConfig(minutes=minutes, max_words=datamodule.max_words, seed=seed)
+    identity = {
+        "root": str(Path(datamodule.root).resolve()),
+        "videos": [v.video for v in ds.videos],
+        "sampling": repr(ds.sampling),
+    }
+    out_path = cache_root / "pretrain" / f"tiny-clip-{pt.cache_key(config, identity)}.pt"
+    if out_path.exists():
+        return str(out_path)
+    frames, times_s, moments = [], [], []
+    for i, video in enumerate(ds.videos):
+        clip_frames = ds.load_frames(i)  # (n, S, S, 3) uint8
+        frames.append(clip_frames)
+        times_s.append(_frame_times_s(ds, i, len(clip_frames)))
+        moments.append(video.moments)
+    print(f"pretraining the tiny CLIP on {len(frames)} training videos -> {out_path}")
+    return str(pt.pretrain_tiny_clip(frames, times_s, moments, out_path, config))
+
+
+def _frame_times_s(ds, i: int, n: int) -> np.ndarray:
+    """Sample times of item ``i``'s frames from the frame cache's metadata; without it, the
+    uniform times of ``n`` frames over the sampled span."""
+    from tvrbench.data.cache import FrameCache
+
+    path = ds.videos[i].path
+    cache = FrameCache(ds.cache_dir)
+    meta_path = cache._paths(cache.key(path, ds.sampling))[1]
+    try:
+        times = json.loads(meta_path.read_text()).get("times_s")
+        if times is not None and len(times) == n:
+            return np.asarray(times, dtype=np.float64)
+    except (OSError, ValueError):
+        pass
+    span_s = float(ds.durations_s[i])
+    if ds.sampling.clip_seconds is not None:
+        span_s = min(span_s, float(ds.sampling.clip_seconds))
+    return (np.arange(n) + 0.5) * span_s / max(1, n)
 
 
 # ----------------------------------------------------------------------------------- the run
@@ -570,7 +606,7 @@ def _run_one(
         if not ckpt_path:
             raise RuntimeError(f"[{name}] training produced no checkpoint in {ckpt_dir}")
     best_val = checkpoint_cb.best_model_score
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
     measured = measure_method(
         module,
         capture,

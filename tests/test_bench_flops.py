@@ -1,0 +1,58 @@
+"""FLOP counting (fvcore, 1 FLOP = 1 multiply-add) and the timing helpers."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tvrbench.bench.flops import count_flops, count_pair_flops, eager_attention
+from tvrbench.bench.latency import synthetic_gallery, time_callable
+
+
+def test_linear_flops_are_in_times_out_times_batch():
+    layer = nn.Linear(7, 5, bias=True)
+    assert count_flops(layer, layer, (torch.zeros(3, 7),)) == 3 * 7 * 5
+
+
+def test_matmul_function_flops():
+    owner = nn.Module()
+    fn = lambda a, b: a @ b.t()  # noqa: E731
+    a, b = torch.randn(4, 6), torch.randn(9, 6)
+    assert count_flops(owner, fn, (a, b)) == 4 * 9 * 6
+
+
+class _DotHead(nn.Module):
+    def score(self, text, video):
+        return text["sentence"] @ video["pooled"].t()  # (Bt, Bv)
+
+
+def test_pair_flops_use_one_text_and_one_video():
+    text = {"sentence": torch.randn(5, 16)}
+    video = {"pooled": torch.randn(8, 16)}
+    assert count_pair_flops(_DotHead(), text, video) == 16
+
+
+def test_eager_attention_is_restored():
+    from tvrbench.backbone import ClipBackbone
+
+    module = nn.Module()
+    module.backbone = ClipBackbone.from_pretrained("tiny")
+    before = module.backbone.clip.config._attn_implementation
+    with eager_attention(module):
+        assert module.backbone.clip.config.text_config._attn_implementation == "eager"
+    assert module.backbone.clip.config._attn_implementation == before
+
+
+def test_time_callable_percentiles():
+    calls = []
+    timing = time_callable(lambda: calls.append(1), torch.device("cpu"), repeats=5, warmup=2)
+    assert len(calls) == 7
+    assert 0 <= timing["median_ms"] <= timing["p90_ms"]
+    assert len(timing["samples_ms"]) == 5
+
+
+def test_synthetic_gallery_shapes_and_masks():
+    real = {"emb": torch.randn(3, 4, 8), "mask": torch.tensor([[1, 1, 0, 0]] * 3).bool()}
+    gallery = synthetic_gallery(real, 50, seed=1)
+    assert gallery["emb"].shape == (50, 4, 8)
+    assert gallery["mask"].dtype == torch.bool and gallery["mask"][:, 2:].sum() == 0

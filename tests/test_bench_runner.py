@@ -1,0 +1,138 @@
+"""End-to-end tiny benchmark run (configs/bench/tiny.yaml) and its resume behaviour."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tvrbench.bench.runner import main, split_methods
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = REPO / "configs" / "bench" / "tiny.yaml"
+CLASS_PATHS = {"meanp": "baselines.meanp.MeanPModule", "xpool": "baselines.xpool.XPoolModule"}
+
+
+def method_dir(tmp: Path) -> Path:
+    """configs/method when it holds the tiny run's methods, else stand-in configs."""
+    real = REPO / "configs" / "method"
+    if all((real / f"{m}.yaml").exists() for m in CLASS_PATHS):
+        return real
+    out = tmp / "methods-config"
+    out.mkdir(exist_ok=True)
+    for name, class_path in CLASS_PATHS.items():
+        (out / f"{name}.yaml").write_text(f"model:\n  class_path: {class_path}\n  init_args: {{}}\n")
+    return out
+
+
+def tiny_argv(tmp: Path) -> list[str]:
+    return [
+        "--config",
+        str(TINY),
+        "--methods",
+        "meanp,xpool",
+        "--method_config_dir",
+        str(method_dir(tmp)),
+        "--cache_dir",
+        str(tmp / "cache"),
+        "--out_dir",
+        str(tmp / "out"),
+    ]
+
+
+def run_dir_of(tmp: Path) -> Path:
+    (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = tmp_path_factory.mktemp("bench")
+    assert main(tiny_argv(tmp)) == 0
+    return tmp, run_dir_of(tmp)
+
+
+def test_split_methods():
+    assert split_methods("a, b,a") == ["a", "b"]
+    assert split_methods(["a", "b,c"]) == ["a", "b", "c"]
+
+
+def test_files_exist(tiny_run):
+    _, run = tiny_run
+    for name in [
+        "results.csv",
+        "gallery.csv",
+        "results.json",
+        "report.md",
+        "bad_videos.csv",
+        "accuracy_vs_length.png",
+        "gflops_vs_length.png",
+        "latency_vs_length.png",
+        "cost_vs_gallery.png",
+        "methods/meanp.json",
+        "methods/xpool.json",
+    ]:
+        assert (run / name).is_file(), name
+    assert (run / "bad_videos.csv").read_text().splitlines()[0] == "split,video,reason"
+    assert list((run / "checkpoints" / "meanp").glob("*.ckpt"))
+    report = (run / "report.md").read_text()
+    assert report.startswith("> **SYNTHETIC DATA — these are not DiDeMo numbers**")
+    assert not list(run.rglob("*.tmp*")), "temporary files left behind"
+
+
+def test_results_table(tiny_run):
+    _, run = tiny_run
+    df = pd.read_csv(run / "results.csv")
+    needed = ["method", "bucket", "n_queries", "mean_duration_s", "mean_frames", "chance_R@1"]
+    needed += ["gflops_text", "gflops_video", "gflops_pair", "data", "clip_seconds"]
+    needed += ["latency_query_ms", "latency_query_p90_ms", "latency_video_ms"]
+    needed += ["latency_video_p90_ms"]
+    for d in ("t2v", "v2t"):
+        for k in ("R@1", "R@5", "R@10", "MdR", "MnR"):
+            needed += [f"{d}_{k}", f"{d}_{k}_lo", f"{d}_{k}_hi"]
+    needed += ["t2v_R@50"]
+    assert not set(needed) - set(df.columns)
+    assert set(df["method"]) == {"meanp", "xpool"}
+    assert (df["data"] == "synthetic").all()
+    buckets = json.loads((run / "data_summary.json").read_text())["test_bucket_edges"]
+    for _, g in df.groupby("method"):
+        assert len(g) == len(buckets) + 2  # inner edges + 1 buckets, plus "all"
+        assert list(g["bucket"]).count("all") == 1
+        assert g["bucket"].is_unique
+        total = int(g.loc[g["bucket"] == "all", "n_queries"].iloc[0])
+        assert int(g.loc[g["bucket"] != "all", "n_queries"].sum()) == total
+        assert g["chance_R@1"].iloc[0] == pytest.approx(100.0 / total)
+    for d in ("t2v", "v2t"):
+        for k in ("R@1", "R@5", "R@10"):
+            col = df[f"{d}_{k}"]
+            assert col.between(0, 100).all()
+            assert (df[f"{d}_{k}_lo"] <= col + 1e-9).all() and (col <= df[f"{d}_{k}_hi"] + 1e-9).all()
+        assert (df[f"{d}_MdR"] >= 1).all() and (df[f"{d}_MnR"] >= 1).all()
+    for col in ["gflops_text", "gflops_video", "gflops_pair", "latency_query_ms"]:
+        assert (df[col] > 0).all(), col
+    assert (df["latency_video_ms"] > 0).all()
+    gallery = pd.read_csv(run / "gallery.csv")
+    assert sorted(gallery["gallery_size"].unique()) == [10, 100]
+    assert (gallery["ms_per_query"] > 0).all()
+    results = json.loads((run / "results.json").read_text())
+    assert results["environment"]["threads"] >= 1
+    assert results["config"]["methods"] == ["meanp", "xpool"]
+
+
+def test_resume_redoes_only_missing(tiny_run, capsys):
+    tmp, run = tiny_run
+    kept = run / "methods" / "meanp.json"
+    before = kept.stat().st_mtime_ns
+    (run / "methods" / "xpool.json").unlink()
+    capsys.readouterr()
+    assert main(tiny_argv(tmp)) == 0
+    out = capsys.readouterr().out
+    assert "meanp already done; to run: xpool" in out
+    assert run_dir_of(tmp) == run
+    assert kept.stat().st_mtime_ns == before
+    assert (run / "methods" / "xpool.json").is_file()
+    assert set(pd.read_csv(run / "results.csv")["method"]) == {"meanp", "xpool"}
