@@ -25,8 +25,8 @@ How this differs from the reference implementations
 * CLIP4Clip sorts each row and looks up the correct score with ``np.where(sx - d == 0)``: on a tie
   the same query yields several positions, so one query is counted more than once and the rank
   list no longer has one entry per query.
-* X-Pool ranks with a double ``argsort``; tied scores are ordered arbitrarily (by the sort's
-  tie-breaking, i.e. gallery position), so a tie may count for or against the query.
+* X-Pool ranks with a double ``argsort``; tied scores come out in whatever order the (unstable)
+  sort leaves them, so a tie may count for or against the query.
 * torchmetrics' ``RetrievalRecall``/``RetrievalMRR`` (≥ 1.8) treat a positive whose score is
   ``<= 0`` as missed; cosine similarities can be negative, so we do not use them. Our torchmetrics
   classes are fed with ranks (or similarity rows/columns) and keep SUM-reducible states (hit counts,
