@@ -42,7 +42,7 @@ def bucket_values(
     return values
 
 
-def quantile_edges(values: Sequence[float], num_buckets: int) -> list[float]:
+def quantile_edges(values: Sequence[float] | np.ndarray, num_buckets: int) -> list[float]:
     """Inner edges splitting ``values`` into ``num_buckets`` groups of (nearly) equal count.
 
     Sorted values are cut into consecutive groups whose sizes differ by at most one; each edge is
@@ -75,7 +75,7 @@ def check_edges(edges: Sequence[float]) -> list[float]:
     return out
 
 
-def assign_buckets(values: Sequence[float], edges: Sequence[float]) -> np.ndarray:
+def assign_buckets(values: Sequence[float] | np.ndarray, edges: Sequence[float]) -> np.ndarray:
     """Bucket id ``[V]`` (int64) of each value: the number of edges ``<= value``."""
     e = np.asarray(check_edges(edges), dtype=np.float64)
     return np.searchsorted(e, np.asarray(values, dtype=np.float64), side="right").astype(np.int64)
@@ -95,7 +95,7 @@ def bucket_names(edges: Sequence[float], unit: str = "s") -> list[str]:
 
 
 def bucket_table(
-    values: Sequence[float],
+    values: Sequence[float] | np.ndarray,
     edges: Sequence[float],
     unit: str = "s",
     durations_s: Sequence[float] | None = None,

@@ -252,6 +252,7 @@ def decode_decord(
 
 _EARLY_FRAMES = 64  # frames kept before the first candidate (for videos under half an interval)
 _REORDER_DEPTH = 16
+_PREPROCESS_BATCH = 16
 
 
 def _in_time_order(frames: Any, depth: int = _REORDER_DEPTH) -> Any:
@@ -279,7 +280,7 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
 
     Candidates are all midpoints up to ``clip_seconds`` (or the end); the final ``max_frames``
     are chosen among them once the decoded duration is known, so one pass suffices and only
-    candidate frames (preprocessed) are held in memory.
+    candidate frames are held in memory (preprocessed, in batches of 16).
     """
     try:
         import av
@@ -287,15 +288,24 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
         raise _ReaderError(f"PyAV not installed ({err})") from err
     step_s = 1.0 / sampling.sample_fps
     limit_s = math.inf if sampling.clip_seconds is None else sampling.clip_seconds
-    kept: dict[int, tuple[float, np.ndarray]] = {}  # candidate index -> (frame time, frame)
-    converted: dict[int, np.ndarray] = {}  # frame number -> preprocessed frame
+    kept: dict[int, tuple[float, int]] = {}  # candidate index -> (frame time, frame number)
+    raw: dict[int, np.ndarray] = {}  # frame number -> RGB frame waiting for preprocessing
+    done: dict[int, np.ndarray] = {}  # frame number -> preprocessed frame
 
-    def frame_array(num: int, frame: Any) -> np.ndarray:
-        if num not in converted:
-            converted.clear()  # a frame is only reused by consecutive candidates
-            rgb = frame.to_ndarray(format="rgb24")[None]
-            converted[num] = preprocess_frames(rgb, sampling.image_size)[0]
-        return converted[num]
+    def flush() -> None:
+        shapes = {a.shape for a in raw.values()}
+        for shape in shapes:  # the frame size may change mid-stream
+            nums = [n for n, a in raw.items() if a.shape == shape]
+            out = preprocess_frames(np.stack([raw[n] for n in nums]), sampling.image_size)
+            done.update(zip(nums, out))
+        raw.clear()
+
+    def frame_ref(num: int, frame: Any) -> int:
+        if num not in raw and num not in done:
+            raw[num] = frame.to_ndarray(format="rgb24")
+            if len(raw) >= _PREPROCESS_BATCH:  # batches resize faster than single frames
+                flush()
+        return num
 
     times: list[float] = []
     try:
@@ -320,9 +330,9 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
                 while (k + 0.5) * step_s <= t and (k + 0.5) * step_s < limit_s:
                     c = (k + 0.5) * step_s
                     if prev is not None and abs(c - prev[1]) <= abs(t - c) + _TIE_S:
-                        kept[k] = (prev[1], frame_array(prev[0], prev[2]))
+                        kept[k] = (prev[1], frame_ref(prev[0], prev[2]))
                     else:
-                        kept[k] = (t, frame_array(num, frame))
+                        kept[k] = (t, frame_ref(num, frame))
                     k += 1
                 prev = (num, t, frame)
             if prev is None:
@@ -330,22 +340,23 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
             duration_s = _duration_from_times(np.asarray(times))
             span_s = min(duration_s, limit_s)
             while (k + 0.5) * step_s < span_s:  # candidates after the last frame's time
-                kept[k] = (prev[1], frame_array(prev[0], prev[2]))
+                kept[k] = (prev[1], frame_ref(prev[0], prev[2]))
                 k += 1
             if not kept:  # shorter than half an interval: the frame nearest mid-span
                 mid = span_s / 2.0
                 num, t, frame = min([*early, prev], key=lambda f: abs(f[1] - mid))
-                kept[0] = (t, frame_array(num, frame))
+                kept[0] = (t, frame_ref(num, frame))
     except _ReaderError:
         raise
     except Exception as err:  # av.error.* and assorted decoder errors
         raise _ReaderError(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+    flush()
     targets = sample_times(duration_s, sampling)
     if len(kept) == 1 and len(targets) == 1:
         chosen = [0]
     else:
         chosen = [int(round(t / step_s - 0.5)) for t in targets]
-    frames = np.stack([kept[i][1] for i in chosen])
+    frames = np.stack([done[kept[i][1]] for i in chosen])
     picked = np.asarray([kept[i][0] for i in chosen])
     return DecodedVideo(frames, picked, float(duration_s), "pyav")
 
