@@ -24,7 +24,9 @@ def method_dir(tmp: Path) -> Path:
     out = tmp / "methods-config"
     out.mkdir(exist_ok=True)
     for name, class_path in CLASS_PATHS.items():
-        (out / f"{name}.yaml").write_text(f"model:\n  class_path: {class_path}\n  init_args: {{}}\n")
+        (out / f"{name}.yaml").write_text(
+            f"model:\n  class_path: {class_path}\n  init_args: {{}}\n"
+        )
     return out
 
 
@@ -110,7 +112,9 @@ def test_results_table(tiny_run):
         for k in ("R@1", "R@5", "R@10"):
             col = df[f"{d}_{k}"]
             assert col.between(0, 100).all()
-            assert (df[f"{d}_{k}_lo"] <= col + 1e-9).all() and (col <= df[f"{d}_{k}_hi"] + 1e-9).all()
+            assert (df[f"{d}_{k}_lo"] <= col + 1e-9).all() and (
+                col <= df[f"{d}_{k}_hi"] + 1e-9
+            ).all()
         assert (df[f"{d}_MdR"] >= 1).all() and (df[f"{d}_MnR"] >= 1).all()
     for col in ["gflops_text", "gflops_video", "gflops_pair", "latency_query_ms"]:
         assert (df[col] > 0).all(), col

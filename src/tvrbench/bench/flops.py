@@ -81,7 +81,9 @@ def _first(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def count_pair_flops(head: nn.Module, text_state: dict[str, Tensor], video_state: dict[str, Tensor]) -> int:
+def count_pair_flops(
+    head: Any, text_state: dict[str, Tensor], video_state: dict[str, Tensor]
+) -> int:
     """Multiply-adds of ``head.score`` on the first text and the first video (a 1 × 1 block)."""
     text_state, video_state = _first(text_state), _first(video_state)
     keys_t, keys_v = sorted(text_state), sorted(video_state)
@@ -97,7 +99,7 @@ def count_pair_flops(head: nn.Module, text_state: dict[str, Tensor], video_state
 
 @torch.no_grad()
 def method_flops(
-    module: nn.Module,
+    module: Any,
     input_ids: Tensor,
     attention_mask: Tensor,
     frames: Tensor,

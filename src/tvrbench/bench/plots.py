@@ -63,7 +63,14 @@ def plot_all(
     if "chance_R@1" in rows and len(rows):
         ax.axhline(float(rows["chance_R@1"].iloc[0]), ls=":", c="grey", label="chance")
     ax.set_ylabel("text→video R@1 (%) with 95 % CI")
-    _finish(ax, fig, results, "Accuracy versus video length", synthetic, out_dir / "accuracy_vs_length.png")
+    _finish(
+        ax,
+        fig,
+        results,
+        "Accuracy versus video length",
+        synthetic,
+        out_dir / "accuracy_vs_length.png",
+    )
     written.append("accuracy_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
@@ -72,16 +79,27 @@ def plot_all(
         ax.plot(g["bucket_pos"], g["gflops_pair"], marker="x", ls="--", label=f"{method} pair")
     ax.set_yscale("log")
     ax.set_ylabel("GFLOPs (multiply-adds)")
-    _finish(ax, fig, results, "Encoding and scoring cost", synthetic, out_dir / "gflops_vs_length.png")
+    _finish(
+        ax, fig, results, "Encoding and scoring cost", synthetic, out_dir / "gflops_vs_length.png"
+    )
     written.append("gflops_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
         ax.plot(g["bucket_pos"], g["latency_video_ms"], marker="o", label=f"{method} video")
-        ax.plot(g["bucket_pos"], g["latency_query_ms"], marker="x", ls="--", label=f"{method} query")
+        ax.plot(
+            g["bucket_pos"], g["latency_query_ms"], marker="x", ls="--", label=f"{method} query"
+        )
     ax.set_yscale("log")
     ax.set_ylabel("median latency (ms)")
-    _finish(ax, fig, results, "Latency (encode one video / one query)", synthetic, out_dir / "latency_vs_length.png")
+    _finish(
+        ax,
+        fig,
+        results,
+        "Latency (encode one video / one query)",
+        synthetic,
+        out_dir / "latency_vs_length.png",
+    )
     written.append("latency_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))

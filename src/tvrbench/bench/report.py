@@ -124,8 +124,9 @@ def findings(
         if parts:
             best_m = overall["method"].iloc[int(np.nanargmax(per.to_numpy()))]
             out.append(
-                "**accuracy per GFLOP** (t2v R@1 points per GFLOP of one text encoding + one video "
-                f"encoding + one pair score, overall): {', '.join(parts)}; most efficient: {best_m}."
+                "**accuracy per GFLOP** (t2v R@1 points per GFLOP of one text encoding + one "
+                f"video encoding + one pair score, overall): {', '.join(parts)}; "
+                f"most efficient: {best_m}."
             )
     # Ranking change from the shortest to the longest bucket.
     if len(buckets) >= 2 and len(methods) >= 2:

@@ -169,7 +169,9 @@ def _capture_callback():
 
         def on_test_epoch_end(self, trainer, pl_module):
             buffers = getattr(pl_module, "_eval_outputs", {})
-            video = {k[6:]: torch.cat(v).cpu() for k, v in buffers.items() if k.startswith("video.")}
+            video = {
+                k[6:]: torch.cat(v).cpu() for k, v in buffers.items() if k.startswith("video.")
+            }
             if video and "index" in buffers:
                 index = torch.cat(buffers["index"]).cpu()
                 order = torch.argsort(index, stable=True)
@@ -463,7 +465,9 @@ def run_bench(
     else:
         print(f"DiDeMo from {didemo_root}; run folder {run_dir}")
 
-    data_root = Path(didemo_root) if didemo_root else _synthetic_root(cache_root, seed, synth_videos)
+    data_root = (
+        Path(didemo_root) if didemo_root else _synthetic_root(cache_root, seed, synth_videos)
+    )
     pending = [m for m in method_names if not (run_dir / "methods" / f"{m}.json").exists()]
     done = [m for m in method_names if m not in pending]
     if done:
