@@ -337,8 +337,12 @@ class DiDeMoDataModule(L.LightningDataModule):
         else:
             splits = _STAGE_SPLITS.get(stage, ("test",))
         for split in splits:
-            if split not in self._datasets:
-                self._setup_split(split)
+            self.setup_split(split)
+
+    def setup_split(self, split: str) -> None:
+        """Prepare one split (``"train"``, ``"val"`` or ``"test"``); a no-op when done."""
+        if split not in self._datasets:
+            self._setup_split(split)
 
     def _processes(self) -> int:
         return self.num_workers or os.cpu_count() or 1

@@ -82,7 +82,7 @@ def inspect_videos(args: argparse.Namespace) -> dict[str, Any]:
         num_workers=args.workers,
         memory_limit_gb=0.0,
     )
-    dm.setup({"train": "fit", "val": "validate", "test": "test"}[args.split])
+    dm.setup_split(args.split)
     summary = dm.summary(args.split)
     summary["manifest"] = str(dm.manifest_path)
     return summary
