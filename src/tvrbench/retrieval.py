@@ -149,6 +149,26 @@ class RetrievalModule(L.LightningModule):
         """Token ids ``[B, L]`` → the head's text state (leading dim B)."""
         return self.head.text_state(self.backbone.encode_text(input_ids, attention_mask))
 
+    def batch_text_state(self, batch: dict[str, Any]) -> State:
+        """Text state of a batch: from token ids, or from cached text features when the batch
+        carries them (``sentence [B, D]``, ``words [B, L, D]``, ``attention_mask``; the fast
+        cached-feature protocol, frozen backbone)."""
+        if "sentence" in batch:
+            text = TextFeatures(
+                sentence=batch["sentence"].float(),
+                words=batch["words"].float(),
+                word_mask=batch["attention_mask"].bool(),
+            )
+            return self.head.text_state(text)
+        return self.encode_text(batch["input_ids"], batch["attention_mask"])
+
+    def batch_video_state(self, batch: dict[str, Any]) -> State:
+        """Video state of a batch: from frames, or from cached frame embeddings
+        (``frame_emb [B, N, D]``) when the batch carries them."""
+        if "frame_emb" in batch:
+            return self.head.video_state(batch["frame_emb"].float(), batch["frame_mask"])
+        return self.encode_video(batch["frames"], batch["frame_mask"])
+
     def similarity(self, text: State, video: State) -> Tensor:
         """Unscaled ``[Bt, Bv]`` similarity, scored in memory-bounded chunks."""
         from tvrbench.scoring import chunked_score, memory_budget_bytes_from_mb
@@ -158,15 +178,13 @@ class RetrievalModule(L.LightningModule):
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Similarity logits ``[B, B]`` of a batch (texts × videos), logit scale applied."""
-        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        text, video = self.batch_text_state(batch), self.batch_video_state(batch)
         return self.backbone.logit_scale() * self.similarity(text, video)
 
     # ------------------------------------------------------------------------- training
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
-        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        text, video = self.batch_text_state(batch), self.batch_video_state(batch)
         text = {k: gather_with_local_grad(self, v) for k, v in text.items()}
         video = {k: gather_with_local_grad(self, v) for k, v in video.items()}
         logits = self.backbone.logit_scale() * self.head.score(text, video)  # (Bt, Bv)
@@ -212,8 +230,7 @@ class RetrievalModule(L.LightningModule):
     # ------------------------------------------------------------------------- evaluation
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        text = self.encode_text(batch["input_ids"], batch["attention_mask"])
-        video = self.encode_video(batch["frames"], batch["frame_mask"])
+        text, video = self.batch_text_state(batch), self.batch_video_state(batch)
         self._eval_text_keys, self._eval_video_keys = sorted(text), sorted(video)
         for k, v in text.items():
             self._eval_outputs["text." + k].append(v.detach())
@@ -294,6 +311,10 @@ class RetrievalModule(L.LightningModule):
             "ranks_t2v": ranks_t2v,
             "ranks_v2t": ranks_v2t,
             "metrics": metrics,
+            # The gathered, de-duplicated states (row i = index[i]): the cached gallery that
+            # latency and gallery-size measurements score against.
+            "text_state": text,
+            "video_state": video,
         }
         n = float(sim.shape[0])
         logged: dict[str, float] = {}
