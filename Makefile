@@ -46,7 +46,7 @@ format: $(STAMP) ## Apply ruff formatting and safe fixes
 
 bench-didemo: $(STAMP) ## The main benchmark (synthetic DiDeMo-format data unless DIDEMO_ROOT is set)
 	$(VENV)/bin/tvrbench bench --config $(BENCH_CONFIG) \
-		$(if $(DIDEMO_ROOT),--didemo_root $(DIDEMO_ROOT)) \
+		$(if $(DIDEMO_ROOT),--config configs/bench/didemo_real.yaml --didemo_root $(DIDEMO_ROOT)) \
 		$(if $(CLIP),--clip $(CLIP)) \
 		$(if $(METHODS),--methods '$(METHODS)') \
 		--device $(DEVICE) --out_dir $(OUT) $(BENCH_ARGS)

@@ -409,7 +409,7 @@ def run_bench(
     val_limit: int | None = None,
     test_limit: int | None = None,
     max_epochs: int = 3,
-    max_minutes_per_method: float = 2.0,
+    max_minutes_per_method: float | None = 2.0,
     val_check_interval: float = 1.0,
     precision: str = "32-true",
     devices: int | str = 1,
@@ -584,7 +584,11 @@ def _run_one(
         strategy=config["strategy"],
         precision=config["precision"],
         max_epochs=config["max_epochs"],
-        max_time={"minutes": config["max_minutes_per_method"]},
+        max_time=(
+            {"minutes": config["max_minutes_per_method"]}
+            if config["max_minutes_per_method"]
+            else None
+        ),
         val_check_interval=config["val_check_interval"],
         num_sanity_val_steps=0,
         callbacks=[checkpoint_cb, capture],
