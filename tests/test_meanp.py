@@ -166,3 +166,30 @@ def test_meanp_module_trains_under_lightning():
     before = module.backbone.clip.visual_projection.weight.detach().clone()
     assert np.isfinite(fit_two_steps(module, tiny_batch(4, 3, seed=2)))
     assert not torch.equal(before, module.backbone.clip.visual_projection.weight.detach())
+
+
+# ------------------------------------------------------------------------------- the configs
+
+
+@pytest.mark.parametrize("method", ["meanp", "xpool", "centerclip"])
+def test_method_configs_name_real_constructor_arguments(method):
+    """Both recipes: the class exists and takes every init_arg; the tiny one builds."""
+    import importlib
+    import inspect
+    from pathlib import Path
+
+    import yaml
+
+    config_dir = Path(__file__).resolve().parents[1] / "configs" / "method"
+    for name in (method, f"{method}_published"):
+        model = yaml.safe_load((config_dir / f"{name}.yaml").read_text())["model"]
+        module_name, _, class_name = model["class_path"].rpartition(".")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        accepted = set(inspect.signature(cls.__init__).parameters)
+        for base in cls.__mro__[1:]:
+            if base.__name__ == "RetrievalModule":
+                accepted |= set(inspect.signature(base.__init__).parameters)
+        assert set(model["init_args"]) <= accepted, name
+        if name == method:
+            built = cls(**model["init_args"])
+            assert built.hparams.clip == "tiny"
