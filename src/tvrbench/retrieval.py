@@ -65,7 +65,7 @@ def symmetric_infonce(logits: Tensor) -> Tensor:
 def gather_with_local_grad(module: L.LightningModule, x: Tensor) -> Tensor:
     """All-gather ``x [B, ...]`` across ranks → ``[W*B, ...]``; only the local shard keeps its
     gradient (each rank back-propagates through its own features, as in CLIP4Clip/open_clip)."""
-    if module.trainer is None or module.trainer.world_size <= 1:
+    if module._trainer is None or module.trainer.world_size <= 1:
         return x
     gathered = module.all_gather(x.detach())  # (W, B, ...)
     gathered = gathered.clone()
@@ -75,7 +75,7 @@ def gather_with_local_grad(module: L.LightningModule, x: Tensor) -> Tensor:
 
 def gather_eval(module: L.LightningModule, x: Tensor) -> Tensor:
     """All-gather an evaluation tensor ``[n, ...]`` → ``[W*n, ...]`` (identity on one process)."""
-    if module.trainer is None or module.trainer.world_size <= 1:
+    if module._trainer is None or module.trainer.world_size <= 1:
         return x
     return module.all_gather(x).flatten(0, 1)
 
