@@ -60,3 +60,16 @@ def test_values_and_table():
     rows = bucket_table(durations, [31.0], "s", durations, [10, 31, 31])
     assert [r["videos"] for r in rows] == [1, 2]
     assert rows[1]["mean_duration_s"] == pytest.approx(55.0) and rows[1]["upper"] is None
+
+
+def test_quantile_edges_with_tied_durations_fill_every_bucket():
+    # Durations in whole 5-s moments tie massively; an edge must still land between each
+    # group of ties (a regression: cuts inside a tie used to be dropped, leaving one bucket).
+    values = np.random.default_rng(0).choice(np.arange(5, 95, 5), 3200)
+    edges = quantile_edges(values, 4)
+    assert len(edges) == 3
+    counts = np.bincount(assign_buckets(values, edges), minlength=4)
+    assert counts.sum() == 3200
+    assert counts.min() > 0.6 * 3200 / 4 and counts.max() < 1.4 * 3200 / 4
+    for e in edges:
+        assert not np.any(values == e)  # ties are never split across buckets

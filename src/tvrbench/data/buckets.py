@@ -45,10 +45,11 @@ def bucket_values(
 def quantile_edges(values: Sequence[float] | np.ndarray, num_buckets: int) -> list[float]:
     """Inner edges splitting ``values`` into ``num_buckets`` groups of (nearly) equal count.
 
-    Sorted values are cut into consecutive groups whose sizes differ by at most one; each edge is
-    the midpoint between the last value of a group and the first of the next. With ties across
-    a cut, or fewer distinct values than buckets, edges that would not be strictly increasing
-    are dropped (fewer buckets).
+    With distinct values the sorted values are cut into consecutive groups whose sizes differ by
+    at most one. Values that tie (durations in whole seconds, say) are never split across two
+    buckets: each cut moves to the nearest boundary between distinct values, so the groups are
+    as equal as the ties allow. Each edge is the midpoint between the values either side of its
+    cut. Fewer distinct values than buckets give fewer buckets.
     """
     if num_buckets < 1:
         raise ValueError(f"num_buckets must be >= 1, got {num_buckets}")
@@ -56,14 +57,17 @@ def quantile_edges(values: Sequence[float] | np.ndarray, num_buckets: int) -> li
     edges: list[float] = []
     if len(v) == 0:
         return edges
+    boundaries = np.flatnonzero(v[1:] > v[:-1]) + 1  # cut positions between distinct values
     sizes = [len(g) for g in np.array_split(np.arange(len(v)), num_buckets)]
-    cut = 0
+    cut, last = 0, 0
     for size in sizes[:-1]:
         cut += size
-        if 0 < cut < len(v) and v[cut - 1] < v[cut]:
-            edge = float((v[cut - 1] + v[cut]) / 2)
-            if not edges or edge > edges[-1]:
-                edges.append(edge)
+        free = boundaries[boundaries > last]
+        if len(free) == 0:
+            break
+        p = int(free[np.argmin(np.abs(free - cut))])
+        edges.append(float((v[p - 1] + v[p]) / 2))
+        last = p
     return edges
 
 
