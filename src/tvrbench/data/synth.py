@@ -24,14 +24,15 @@ cares about:
 
 Everything is deterministic per seed: the plan of video ``i`` (length, moments, sentences, name)
 comes from ``numpy.random.default_rng([seed, i])``, rendering is a pure function of the plan
-(NumPy masks, no randomness) and encoding is single-threaded, so parallel generation over a
-process pool gives byte-identical JSON and identical decoded frames.
+(NumPy masks, no randomness) and encoding is single-threaded and lossless for H.264, so parallel
+generation over a process pool gives byte-identical JSON and identical decoded frames.
 
 Layout written to ``DIR``::
 
     train_data.json val_data.json test_data.json   LocalizingMoments schema
     train_list.txt  val_list.txt  test_list.txt    one video file name per line
-    videos/<name>                                  mp4/mov/m4v (H.264 4:4:4), avi (MPEG-4 Part 2)
+    videos/<name>                                  mp4/mov/m4v (lossless H.264 4:4:4),
+                                                   avi (MPEG-4 Part 2, 4:2:0)
     synth_meta.json                                parameters and every video's contents
 """
 
@@ -368,19 +369,23 @@ def render_video(plan: VideoPlan, fps: float, size: int) -> np.ndarray:
 def _encode(frames: np.ndarray, path: Path, container: str, codec: str, fps: float) -> None:
     """Write ``frames`` [T, H, W, 3] uint8 RGB with PyAV, single-threaded (deterministic)."""
     import av
+    from av.video.stream import VideoStream
 
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), "w", format=container) as out:
         stream = out.add_stream(codec, rate=rate)
+        assert isinstance(stream, VideoStream)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
-        # Full-resolution chroma for H.264 (High 4:4:4): small shapes keep their colour at the
-        # edges. MPEG-4 Part 2 only has 4:2:0, as in real DiDeMo files.
+        # H.264 is lossless 4:4:4 (High 4:4:4 Predictive, qp 0): small shapes keep their colour
+        # at the edges, and the decoded frames are exactly the rendered ones even if x264's
+        # encoding decisions were to differ between runs (seen with lossy settings).
+        # MPEG-4 Part 2 only has 4:2:0 (as in real DiDeMo files); its encoder is deterministic.
         stream.pix_fmt = "yuv444p" if codec == "libx264" else "yuv420p"
         stream.codec_context.thread_count = 1
         gop = max(1, int(round(MOMENT_S * fps)))  # a keyframe every moment: cheap seeking
         stream.codec_context.gop_size = gop
         if codec == "libx264":
-            stream.options = {"crf": "12", "preset": "veryfast", "threads": "1"}
+            stream.options = {"qp": "0", "preset": "veryfast", "threads": "1"}
         else:
             stream.options = {"qmin": "1", "qmax": "3"}
         for i, frame in enumerate(frames):
