@@ -358,23 +358,13 @@ def _pretrained_clip(datamodule, cache_root: Path, minutes: float, seed: int) ->
 
 
 def _frame_times_s(ds, i: int, n: int) -> np.ndarray:
-    """Sample times of item ``i``'s frames from the frame cache's metadata; without it, the
-    uniform times of ``n`` frames over the sampled span."""
-    from tvrbench.data.cache import FrameCache
+    """Sample times (s) of item ``i``'s ``n`` frames: the sampler's targets for its duration."""
+    from tvrbench.data.video import sample_times
 
-    path = ds.videos[i].path
-    cache = FrameCache(ds.cache_dir)
-    meta_path = cache._paths(cache.key(path, ds.sampling))[1]
-    try:
-        times = json.loads(meta_path.read_text()).get("times_s")
-        if times is not None and len(times) == n:
-            return np.asarray(times, dtype=np.float64)
-    except (OSError, ValueError):
-        pass
-    span_s = float(ds.durations_s[i])
-    if ds.sampling.clip_seconds is not None:
-        span_s = min(span_s, float(ds.sampling.clip_seconds))
-    return (np.arange(n) + 0.5) * span_s / max(1, n)
+    times = np.asarray(sample_times(float(ds.durations_s[i]), ds.sampling), dtype=np.float64)
+    if len(times) != n:
+        raise RuntimeError(f"{ds.videos[i].video}: {n} frames but {len(times)} sample times")
+    return times
 
 
 # ----------------------------------------------------------------------------------- the run
