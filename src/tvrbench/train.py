@@ -20,6 +20,7 @@ def _run(subcommand: str, argv: list[str]) -> int:
         RetrievalModule,
         DiDeMoDataModule,
         subclass_mode_model=True,
+        subclass_mode_data=True,
         args=[subcommand, *argv],
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,

@@ -134,10 +134,17 @@ def load_method_config(name: str, method_config_dir: str | Path) -> dict[str, An
 
 
 def build_module(method_config: dict[str, Any], overrides: dict[str, Any]):
-    """Instantiate ``class_path`` with ``init_args`` updated by ``overrides``."""
+    """Instantiate ``class_path`` with ``init_args`` updated by ``overrides``; an override the
+    class does not take (e.g. ``max_frames`` for a method with no frame-position table) is
+    left out."""
+    import inspect
+
     module_name, _, class_name = method_config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**{**method_config["init_args"], **overrides})
+    accepted = inspect.signature(cls.__init__).parameters
+    base_keys = {"clip", "clip_checkpoint"}  # RetrievalModule's, reached through **kwargs
+    kept = {k: v for k, v in overrides.items() if k in accepted or k in base_keys}
+    return cls(**{**method_config["init_args"], **kept})
 
 
 # ------------------------------------------------------------------------------- test capture
@@ -553,7 +560,12 @@ def _run_one(
 
     print(f"[{name}] {method_config['class_path']}")
     L.seed_everything(config["seed"], workers=True)
-    overrides: dict[str, Any] = {"clip": config["clip"]}
+    # The method's word/frame tables must match the data (GLCCL's L×L matrices, positions).
+    overrides: dict[str, Any] = {
+        "clip": config["clip"],
+        "max_words": config["max_words"],
+        "max_frames": config["max_frames"],
+    }
     if clip_checkpoint:
         overrides["clip_checkpoint"] = clip_checkpoint
     module = build_module(method_config, overrides)

@@ -1,0 +1,60 @@
+"""`tvrbench fit` / `tvrbench test` (LightningCLI) on the composed configs, from the command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def synth_root(tmp_path_factory):
+    from tvrbench.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth-cli")
+    generate(root, videos=16, seed=5, fps=1.0, size=32, workers=1, progress=False)
+    return root
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TVRBENCH_CACHE": str(cwd / "cache")}
+    return subprocess.run(
+        [sys.executable, "-m", "tvrbench", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.parametrize("method", ["glccl", "centerclip"])
+def test_fit_then_test_from_the_command_line(method, synth_root, tmp_path):
+    common = [
+        "--config", str(REPO / f"configs/method/{method}.yaml"),
+        "--config", str(REPO / "configs/data/synthetic.yaml"),
+        "--config", str(REPO / "configs/trainer/cpu.yaml"),
+        "--data.root", str(synth_root),
+        "--data.batch_size", "4",
+        "--data.num_buckets", "2",
+        "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--trainer.enable_progress_bar", "false",
+    ]  # fmt: skip
+    fit = _cli("fit", *common, "--trainer.max_epochs", "1", cwd=tmp_path)
+    assert fit.returncode == 0, fit.stderr[-3000:]
+    ckpts = sorted(tmp_path.rglob("best-*.ckpt"))
+    assert ckpts, "ModelCheckpoint on val/R@1 wrote no checkpoint"
+    test = _cli("test", *common, "--ckpt_path", str(ckpts[0]), cwd=tmp_path)
+    assert test.returncode == 0, test.stderr[-3000:]
+    assert "test/t2v/R@1" in test.stdout and "test/bucket=" in test.stdout
+
+
+def test_unknown_method_class_is_a_clear_error(tmp_path):
+    out = _cli("fit", "--model", "baselines.nope.NopeModule", cwd=tmp_path)
+    assert out.returncode != 0
+    assert "nope" in out.stderr.lower()
