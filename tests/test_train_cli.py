@@ -1,4 +1,4 @@
-"""`tvrbench fit` / `tvrbench test` (LightningCLI) on the composed configs, from the command line."""
+"""`tvrbench fit` and `tvrbench test` (LightningCLI) on the composed configs."""
 
 from __future__ import annotations
 
