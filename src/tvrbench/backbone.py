@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -202,7 +203,7 @@ class ClipBackbone(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.clip = model
+        self.clip: Any = model  # transformers.CLIPModel
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = TINY, eager_attention: bool = False):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from typing import Any
+from typing import Any, cast
 
 import lightning as L
 import torch
@@ -67,8 +67,7 @@ def gather_with_local_grad(module: L.LightningModule, x: Tensor) -> Tensor:
     gradient (each rank back-propagates through its own features, as in CLIP4Clip/open_clip)."""
     if module._trainer is None or module.trainer.world_size <= 1:
         return x
-    gathered = module.all_gather(x.detach())  # (W, B, ...)
-    gathered = gathered.clone()
+    gathered = cast(Tensor, module.all_gather(x.detach())).clone()  # (W, B, ...)
     gathered[module.global_rank] = x
     return gathered.flatten(0, 1)
 
@@ -77,7 +76,7 @@ def gather_eval(module: L.LightningModule, x: Tensor) -> Tensor:
     """All-gather an evaluation tensor ``[n, ...]`` → ``[W*n, ...]`` (identity on one process)."""
     if module._trainer is None or module.trainer.world_size <= 1:
         return x
-    return module.all_gather(x).flatten(0, 1)
+    return cast(Tensor, module.all_gather(x)).flatten(0, 1)
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -173,7 +172,7 @@ class RetrievalModule(L.LightningModule):
         """Unscaled ``[Bt, Bv]`` similarity, scored in memory-bounded chunks."""
         from tvrbench.scoring import chunked_score, memory_budget_bytes_from_mb
 
-        budget = memory_budget_bytes_from_mb(self.hparams.score_memory_mb)
+        budget = memory_budget_bytes_from_mb(self.hparams["score_memory_mb"])
         return chunked_score(self.head, text, video, budget)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
@@ -273,7 +272,7 @@ class RetrievalModule(L.LightningModule):
         keep = torch.ones_like(sorted_index, dtype=torch.bool)
         keep[1:] = sorted_index[1:] != sorted_index[:-1]
         rows = order[keep]
-        if self.hparams.eval_on_cpu:
+        if self.hparams["eval_on_cpu"]:
             out = {k: v.cpu() for k, v in out.items()}
             rows = rows.cpu()
         text = {k: out["text." + k][rows] for k in self._eval_text_keys}

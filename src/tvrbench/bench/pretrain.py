@@ -184,7 +184,7 @@ def pretrain_tiny_clip(
     tmp = out_path.with_suffix(f".tmp{os.getpid()}")
     torch.save(backbone.clip.state_dict(), tmp)
     os.replace(tmp, out_path)
-    meta = {"steps": step, "pairs": len(pairs), "final_loss": float(loss.item())}
+    meta: dict[str, object] = {"steps": step, "pairs": len(pairs), "final_loss": float(loss.item())}
     meta["config"] = asdict(config)
     meta["chance_loss"] = math.log(config.batch_size)
     out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
