@@ -1,0 +1,193 @@
+"""Chunked gallery scoring (``tvrbench.scoring``) and the scoring-at-scale benchmark script."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from baselines.meanp import MeanPHead
+from baselines.xpool import XPoolHead, xpool_reference_scores
+from tvrbench.backbone import TextFeatures
+from tvrbench.glccl import GLCCLHead, glccl_reference_scores
+from tvrbench.scoring import block_sizes, chunked_score
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "scoring.py"
+BT, BV, L, N, D = 7, 11, 6, 5, 16
+
+
+def _inputs(seed: int = 0) -> dict[str, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    word_len = torch.randint(2, L + 1, (BT,), generator=gen)
+    frame_len = torch.randint(1, N + 1, (BV,), generator=gen)
+    frame_mask = torch.arange(N)[None] < frame_len[:, None]
+    return {
+        "sentence": torch.randn(BT, D, generator=gen),
+        "words": torch.randn(BT, L, D, generator=gen),
+        "attention_mask": torch.arange(L)[None] < word_len[:, None],
+        "frame_emb": torch.randn(BV, N, D, generator=gen) * frame_mask[..., None],
+        "frame_mask": frame_mask,
+    }
+
+
+def _noisy(head: torch.nn.Module) -> torch.nn.Module:
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(0.1 * torch.randn(p.shape, generator=gen))
+    return head.eval()
+
+
+def _reference(name: str, head, x, text, video) -> torch.Tensor:
+    """Scores from an implementation independent of the head's fast ``score``."""
+    if name in ("meanp", "centerclip"):
+        t = x["sentence"].numpy()
+        t = t / np.linalg.norm(t, axis=1, keepdims=True)
+        f = x["frame_emb"].numpy()
+        f = f / np.maximum(np.linalg.norm(f, axis=2, keepdims=True), 1e-30)
+        m = x["frame_mask"].numpy()[..., None]
+        v = (f * m).sum(1) / m.sum(1)
+        v = v / np.linalg.norm(v, axis=1, keepdims=True)
+        return torch.from_numpy(t @ v.T)
+    if name == "xpool":
+        return xpool_reference_scores(head, x["sentence"], x["frame_emb"], x["frame_mask"])
+    return glccl_reference_scores(head, text, video).mean(0)
+
+
+def _head(name: str):
+    if name in ("meanp", "centerclip"):  # CenterCLIP scores its segment embeddings like meanP
+        return MeanPHead()
+    if name == "xpool":
+        return _noisy(XPoolHead(D, num_heads=2))
+    return _noisy(GLCCLHead(D, max_words=L, max_frames=N, temporal_layers=1))
+
+
+class _Recorder:
+    """Wraps a head; records the shape of every block it scores."""
+
+    def __init__(self, head) -> None:
+        self.head, self.blocks = head, []
+
+    def pair_bytes(self, text, video) -> int:
+        return self.head.pair_bytes(text, video)
+
+    def score(self, text, video):
+        out = self.head.score(text, video)
+        self.blocks.append(tuple(out.shape))
+        return out
+
+
+@pytest.mark.parametrize("name", ["meanp", "centerclip", "xpool", "glccl"])
+@pytest.mark.parametrize("pairs", [1, 3, 2 * BV + 1, 10**6])
+@torch.no_grad()
+def test_chunked_score_equals_one_full_call(name, pairs):
+    head = _head(name)
+    x = _inputs()
+    text = head.text_state(TextFeatures(x["sentence"], x["words"], x["attention_mask"]))
+    video = head.video_state(x["frame_emb"], x["frame_mask"])
+    budget = pairs * head.pair_bytes(text, video)
+    recorder = _Recorder(head)
+    chunked = chunked_score(recorder, text, video, budget)
+    full = head.score(text, video)
+    assert chunked.shape == (BT, BV)
+    assert (chunked - full).abs().max() <= 1e-5
+    assert (chunked - _reference(name, head, x, text, video).float()).abs().max() <= 1e-5
+    # The budget holds for every block, and small budgets cut both axes.
+    assert all(bt * bv <= max(1, pairs) for bt, bv in recorder.blocks)
+    assert sum(bt * bv for bt, bv in recorder.blocks) == BT * BV
+    if pairs < BV:
+        assert len(recorder.blocks) >= BT * math.ceil(BV / pairs)
+
+
+@pytest.mark.parametrize("n_text", [1, 5, 1004])
+@pytest.mark.parametrize("n_video", [1, 7, 1004, 100_000])
+@pytest.mark.parametrize("pair_bytes", [4, 11_008, 419_072])
+@pytest.mark.parametrize("budget_mb", [0.001, 1.0, 64.0, 2048.0])
+def test_block_sizes_respect_the_budget(n_text, n_video, pair_bytes, budget_mb):
+    budget = int(budget_mb * 1024**2)
+    t, v = block_sizes(n_text, n_video, pair_bytes, budget)
+    assert 1 <= t <= n_text and 1 <= v <= n_video
+    if budget >= pair_bytes:
+        assert t * v * pair_bytes <= budget
+        # Not needlessly small: one more text (or video, when splitting videos) would not fit
+        # or there is none left.
+        if v == n_video:
+            assert t == n_text or (t + 1) * v * pair_bytes > budget
+        else:
+            assert t == 1 and (v + 1) * pair_bytes > budget
+    else:
+        assert (t, v) == (1, 1)  # one pair at a time is the least there is
+
+
+def _load_benchmark():
+    spec = importlib.util.spec_from_file_location("scoring_benchmark", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    assert spec.loader is not None
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_inputs_and_flop_formulas():
+    bench = _load_benchmark()
+    x = bench.random_inputs(200, 300, 64, 64, 8, seed=0)
+    words = x["attention_mask"].sum(1)
+    frames = x["frame_mask"].sum(1)
+    assert words.min() >= 20 and words.max() <= 64 and frames.min() >= 10 and frames.max() <= 64
+    assert torch.allclose(x["sentence"].norm(dim=1), torch.ones(200))
+    assert (x["frame_emb"][~x["frame_mask"]] == 0).all()
+    # The GLCCL reference's FLOP formula against torch's counter (matrix products only).
+    from torch.utils.flop_counter import FlopCounterMode
+
+    head = _head("glccl")
+    y = _inputs()
+    text = head.text_state(TextFeatures(y["sentence"], y["words"], y["attention_mask"]))
+    video = head.video_state(y["frame_emb"], y["frame_mask"])
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        glccl_reference_scores(head, text, video)
+    counted = counter.get_total_flops() // 2
+    formula = bench.glccl_reference_pair_flops(L, N, D) * BT * BV
+    assert 0.85 * formula <= counted <= formula
+
+
+def _run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path / "scoring.csv"
+    cmd = [sys.executable, str(SCRIPT), "--texts", "8", "--videos", "8", "--words", "6"]
+    cmd += ["--frames", "5", "--dim", "16", "--gallery-videos", "40", "--matmul-size", "128"]
+    cmd += ["--repeats", "2", "--out", str(out), *extra]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    return proc, out
+
+
+@pytest.mark.slow
+def test_benchmark_script_end_to_end(tmp_path):
+    bench = _load_benchmark()
+    # A 50 KiB budget cuts GLCCL's texts into blocks of one: timed on 3 of 8, extrapolated.
+    proc, out = _run_script(tmp_path, "--subset-texts", "3", "--budget-mb", "0.05")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "numerics: fast == reference" in proc.stdout and "FAILED" not in proc.stdout
+    with out.open() as fh:
+        reader = csv.DictReader(fh)
+        assert reader.fieldnames[: len(bench.COLUMNS)] == bench.COLUMNS
+        rows = list(reader)
+    methods = [r["method"] for r in rows]
+    assert methods == ["meanp", "centerclip", "xpool", "glccl", bench.GALLERY_METHOD]
+    for r in rows:
+        assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["n_texts"] == "8"
+        for key in ("time_s", "ref_time_s", "speedup", "peak_mb", "ref_peak_mb", "flops"):
+            assert math.isfinite(float(r[key])) and float(r[key]) >= 0, (r["method"], key)
+        assert float(r["max_abs_diff_vs_ref"]) <= 1e-5
+        assert float(r["gflops_per_s"]) == pytest.approx(
+            float(r["flops"]) / float(r["time_s"]) / 1e9, rel=1e-3
+        )
+    glccl = rows[methods.index("glccl")]
+    assert glccl["timed_texts"] == "3" and "extrapolated" in glccl["note"]
+    assert rows[-1]["n_videos"] == "40"
