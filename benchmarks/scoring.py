@@ -581,11 +581,15 @@ def check_targets(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
             f"of the matmul rate (target >= 70 %): {'met' if ok else 'MISSED'}"
         )
         if not ok:
+            plain = row["_ref_gflops_per_s"]
             line += (
-                f" — {row['flops'] / 1e9:.2f} GFLOP in {1e3 * row['time_s']:.1f} ms: a "
-                f"[{row['n_texts']}, {args.dim}] x [{args.dim}, {row['n_videos']}] product is "
-                f"too small to amortise per-call overhead against the "
-                f"{row['matmul_gflops_per_s']:.0f} GFLOP/s of a large square product"
+                f" — {row['flops'] / 1e9:.2f} GFLOP in {1e3 * row['time_s']:.1f} ms. The plain "
+                f"torch matmul of the same [{row['n_texts']}, {args.dim}] x [{args.dim}, "
+                f"{row['n_videos']}] shape reaches {plain:.1f} GFLOP/s "
+                f"({100 * plain / row['matmul_gflops_per_s']:.0f} % of the "
+                f"{row['matmul_gflops_per_s']:.0f} GFLOP/s square product) in this run: the "
+                f"limit is the shape (4 MB of output per 0.5 GFLOP, a short call), not the "
+                f"chunking; the large-gallery row is the one that can reach the target"
             )
         lines.append(line)
     return lines
