@@ -215,6 +215,8 @@ class RetrievalModule(L.LightningModule):
             }
             for (is_backbone, no_decay), params in groups.items()
         ]
+        if not param_groups:
+            return None  # nothing to train (e.g. meanP on a frozen backbone): evaluation only
         optimizer = torch.optim.AdamW(param_groups, betas=tuple(hp.betas), eps=hp.eps)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(hp.warmup_frac * total)

@@ -155,16 +155,14 @@ def _capture_callback():
 
     class TestCapture(L.Callback):
         """Collects what the measurements need during ``trainer.test``: per-sample durations and
-        frame counts, one sample batch row, and the gallery's cached video states (taken from the
-        module's evaluation buffers before ``on_test_epoch_end`` of the module consumes them —
-        Lightning calls callbacks first)."""
+        frame counts and one sample batch row (the gallery's cached video states come from the
+        module's ``last_eval``)."""
 
         def __init__(self) -> None:
             self.index: list[torch.Tensor] = []
             self.duration_s: list[torch.Tensor] = []
             self.num_frames: list[torch.Tensor] = []
             self.sample: dict[str, torch.Tensor] | None = None
-            self.video_state: dict[str, torch.Tensor] = {}
 
         def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
             self.index.append(batch["index"].detach().cpu())
@@ -173,17 +171,6 @@ def _capture_callback():
             if self.sample is None:
                 keys = ("input_ids", "attention_mask", "frames", "frame_mask")
                 self.sample = {k: batch[k][:1].detach().cpu() for k in keys}
-
-        def on_test_epoch_end(self, trainer, pl_module):
-            buffers = getattr(pl_module, "_eval_outputs", {})
-            video = {
-                k[6:]: torch.cat(v).cpu() for k, v in buffers.items() if k.startswith("video.")
-            }
-            if video and "index" in buffers:
-                index = torch.cat(buffers["index"]).cpu()
-                order = torch.argsort(index, stable=True)
-                video = {k: v[order] for k, v in video.items()}
-            self.video_state = video
 
         def per_index(self) -> dict[int, tuple[float, int]]:
             index = torch.cat(self.index).tolist()
@@ -239,7 +226,8 @@ def measure_method(
     ev = module.last_eval
     if not ev or ev.get("stage") != "test":
         raise RuntimeError("the module holds no test evaluation (trainer.test did not run)")
-    if capture.sample is None or not capture.video_state:
+    gallery = module.last_eval.get("video_state") or {}
+    if capture.sample is None or not gallery:
         raise RuntimeError("no test batch was captured (empty test split?)")
     ranks_t2v, ranks_v2t = ev["ranks_t2v"].cpu(), ev["ranks_v2t"].cpu()
     bucket_ids = ev["bucket"].cpu()
@@ -253,7 +241,7 @@ def measure_method(
     module.eval().to(device)
     # Clones: tensors captured under trainer.test are inference tensors, unusable by the tracer.
     sample = {k: v.clone().to(device) for k, v in capture.sample.items()}
-    gallery_state = {k: v.clone().to(device) for k, v in capture.video_state.items()}
+    gallery_state = {k: v.clone().to(device) for k, v in gallery.items()}
     ids, am = sample["input_ids"], sample["attention_mask"]
 
     q_lat = query_latency(module, ids, am, gallery_state, latency_repeats, latency_warmup)
