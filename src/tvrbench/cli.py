@@ -17,6 +17,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("tvrbench.bench.runner:main", "run the benchmark (configs/bench/didemo.yaml)"),
     "metrics": ("tvrbench.metrics_cli:main", "score a similarity matrix saved as .npy/.pt"),
     "synth": ("tvrbench.data.synth:main", "generate a synthetic DiDeMo-format dataset"),
+    "extract-features": (
+        "tvrbench.features:main",
+        "cache frozen-CLIP features per split (fast head-only protocol)",
+    ),
     "inspect-data": ("tvrbench.data.inspect:main", "count videos, sentences, buckets of a split"),
     "prepare-videos": ("tvrbench.data.prepare:main", "re-encode videos to 3 fps / 224 px (ffmpeg)"),
 }

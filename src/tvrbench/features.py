@@ -26,6 +26,26 @@ A file is keyed by the backbone's weights (a SHA-1 of its state dict: its checkp
 and the data settings (dataset root, tokenizer, max_words, frame sampling, buckets, limits) plus
 the split's content (video names, token ids, durations, buckets): :func:`extract_features` reuses
 a file whose key matches and rewrites one whose key does not.
+
+Use it
+
+* in the benchmark: ``tvrbench bench --config configs/bench/didemo.yaml --config
+  configs/bench/cached_features.yaml`` (``protocol: cached_features``; results are labelled);
+* with ``tvrbench fit``: extract the features of a data config with the backbone the method will
+  start from, then train on them head-only::
+
+      tvrbench extract-features --config configs/data/synthetic.yaml --clip tiny \
+          --out_dir features/synth        # [--clip_checkpoint clip.pt]
+      tvrbench fit --config configs/method/xpool.yaml --model.freeze_backbone true \
+          --data tvrbench.features.CachedFeatureDataModule \
+          --data.train_path features/synth/features-train-<key>.pt \
+          --data.val_path features/synth/features-val-<key>.pt --trainer.max_epochs 20
+
+  (the command prints the exact file names; the module's ``clip``/``clip_checkpoint`` must be the
+  ones given to ``extract-features``, which :class:`CachedFeatureDataModule` checks);
+* from Python: ``extract_features(ClipBackbone.from_pretrained("tiny"), datamodule, "train",
+  "features/")`` for each split, then ``CachedFeatureDataModule(train_path=..., val_path=...,
+  test_path=...)``.
 """
 
 from __future__ import annotations
@@ -413,6 +433,80 @@ class CachedFeatureDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
 
+# ---------------------------------------------------------------------------------- CLI
+
+
+def build_parser():
+    """``tvrbench extract-features``: a DiDeMo data config (``--config configs/data/*.yaml``)
+    and a backbone (``--clip``, ``--clip_checkpoint``) → one feature file per split."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from tvrbench.data.datamodule import DiDeMoDataModule
+
+    parser = ArgumentParser(
+        prog="tvrbench extract-features",
+        description="Cache frozen-CLIP features of a dataset's splits (FAST PROTOCOL: head-only "
+        "training with tvrbench.features.CachedFeatureDataModule; not comparable to fine-tuned "
+        "numbers).",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="a configs/data/*.yaml file")
+    parser.add_subclass_arguments(DiDeMoDataModule, "data", required=True)
+    parser.add_argument("--clip", type=str, default="tiny", help="tiny | folder | cached hub id")
+    parser.add_argument(
+        "--clip_checkpoint", type=str | None, default=None, help="CLIP state dict (.pt) to load"
+    )
+    parser.add_argument("--out_dir", type=str, required=True, help="folder of the feature files")
+    parser.add_argument("--splits", type=list[str], default=list(SPLITS))
+    parser.add_argument("--batch_size", type=int, default=32, help="videos per backbone batch")
+    parser.add_argument("--device", type=str, default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--force", type=bool, default=False, help="recompute existing files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``tvrbench extract-features``; prints the files and a ``fit`` command."""
+    import sys
+
+    from tvrbench.bench.environment import resolve_device
+    from tvrbench.data.datamodule import DataSetupError
+
+    parser = build_parser()
+    cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    prog = "tvrbench extract-features"
+    bad = [s for s in cfg.splits if s not in SPLITS]
+    if bad:
+        print(f"{prog}: --splits: unknown {bad}; expected some of {list(SPLITS)}", file=sys.stderr)
+        return 2
+    datamodule = parser.instantiate_classes(cfg).data
+    try:
+        backbone = ClipBackbone.from_pretrained(cfg.clip)
+        if cfg.clip_checkpoint:
+            state = torch.load(cfg.clip_checkpoint, map_location="cpu", weights_only=True)
+            backbone.clip.load_state_dict(state)
+        backbone.requires_grad_(False).to(resolve_device(cfg.device))
+        paths = {
+            split: extract_features(
+                backbone, datamodule, split, cfg.out_dir, batch_size=cfg.batch_size, force=cfg.force
+            )
+            for split in cfg.splits
+        }
+    except (CachedFeaturesError, DataSetupError, OSError, ValueError) as err:
+        print(f"{prog}: {err}", file=sys.stderr)
+        return 2
+    for split, path in paths.items():
+        print(f"{split}: {path}")
+    model_args = "--model.freeze_backbone true"
+    if cfg.clip_checkpoint:
+        model_args += f" --model.clip_checkpoint {cfg.clip_checkpoint}"
+    data_args = " ".join(f"--data.{split}_path {path}" for split, path in paths.items())
+    print(
+        "FAST PROTOCOL (frozen backbone; not comparable to fine-tuned numbers). Train a head:\n"
+        f"  tvrbench fit --config configs/method/<method>.yaml --model.clip {cfg.clip} "
+        f"{model_args} --data tvrbench.features.CachedFeatureDataModule {data_args}"
+    )
+    return 0
+
+
 __all__ = [
     "BATCH_KEYS",
     "CachedFeatureDataModule",
@@ -426,4 +520,5 @@ __all__ = [
     "extract_features",
     "feature_key",
     "load_features",
+    "main",
 ]

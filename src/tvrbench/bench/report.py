@@ -22,6 +22,17 @@ import numpy as np
 import pandas as pd
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA — these are not DiDeMo numbers"
+FAST_PROTOCOL_BANNER = (
+    "FAST PROTOCOL — frozen backbone, head-only training on cached features; "
+    "not comparable to fine-tuned numbers"
+)
+PROTOCOL_DESCRIPTIONS = {
+    "finetune": "finetune (every method fine-tunes CLIP end to end)",
+    "cached_features": (
+        "cached_features (frozen backbone, head-only training on features cached once per "
+        "split; GFLOPs and latencies measured on the full module)"
+    ),
+}
 METRIC = "t2v_R@1"
 
 
@@ -199,13 +210,19 @@ def render_report(
     plots: Sequence[str] = (),
 ) -> str:
     """The Markdown report. ``info``: ``data``, ``environment``, ``config``, ``bad_videos``,
-    ``run_dir``, ``notes``."""
+    ``run_dir``, ``notes``, ``protocol`` (default ``finetune``; ``cached_features`` puts
+    :data:`FAST_PROTOCOL_BANNER` at the top and the bottom) and ``skipped`` (``{method:
+    reason}``, one line each)."""
     synthetic = info.get("data") == "synthetic"
+    protocol = str(info.get("protocol") or "finetune")
+    fast = protocol == "cached_features"
     env = info.get("environment", {})
     cfg = info.get("config", {})
     lines: list[str] = []
     if synthetic:
         lines += [f"> **{SYNTHETIC_BANNER}**", ""]
+    if fast:
+        lines += [f"> **{FAST_PROTOCOL_BANNER}**", ""]
     lines += ["# tvrbench — text→video retrieval per video length", ""]
     lines += [
         f"- data: {info.get('data')} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
@@ -217,6 +234,13 @@ def render_report(
         f"{env.get('transformers')}, commit {env.get('git_commit')}",
         "- checkpoints selected on the validation split (val/R@1); test used once.",
         f"- bad videos: {info.get('bad_videos', 0)} (bad_videos.csv)",
+        f"- protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}",
+    ]
+    lines += [
+        f"- **skipped: {method}** — {reason}"
+        for method, reason in (info.get("skipped") or {}).items()
+    ]
+    lines += [
         "",
         "## Findings",
         "",
@@ -305,4 +329,6 @@ def render_report(
         lines += [f"- note: {note}"]
     if synthetic:
         lines += ["", f"> **{SYNTHETIC_BANNER}**"]
+    if fast:
+        lines += ["", f"> **{FAST_PROTOCOL_BANNER}**"]
     return "\n".join(lines) + "\n"

@@ -15,6 +15,19 @@ Outputs in ``<out_dir>/<run>/`` (every file written atomically)::
 ``<run>`` defaults to a hash of the configuration, so re-running the same command resumes the
 same run folder: only methods without ``methods/<method>.json`` are run again, then the combined
 outputs are rewritten.
+
+Protocols (``protocol``; a column of results.csv and a key of results.json):
+
+* ``finetune`` (default): every method fine-tunes CLIP end to end (the published protocol).
+* ``cached_features``: a FAST PROTOCOL (:mod:`tvrbench.features`). The shared starting backbone
+  (the pretrained tiny CLIP, ``clip_checkpoint`` or the real CLIP) runs once per split; its
+  features are cached under ``<cache_dir>/features`` and every method trains head-only
+  (``freeze_backbone=True``) on them. A method that cannot use cached per-frame features
+  (CenterCLIP) is skipped and the skip recorded (``methods/<method>.json``, results.json
+  ``skipped``, report.md, console); a method with nothing to train on a frozen backbone (meanP)
+  is evaluated untrained, with a note. GFLOPs and latencies are still measured on the full module
+  (CLIP towers included), so the cost columns compare with fine-tuned runs; the accuracy columns
+  do not. The report and the console carry :data:`tvrbench.bench.report.FAST_PROTOCOL_BANNER`.
 """
 
 from __future__ import annotations
@@ -29,6 +42,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +53,7 @@ log = logging.getLogger("tvrbench.bench")
 
 DEFAULT_METHODS = ["meanp", "xpool", "centerclip", "glccl"]
 DEFAULT_GALLERY_SIZES = [100, 1000, 10000, 100000]
+PROTOCOLS = ("finetune", "cached_features")
 # Configuration keys that do not change results (left out of the run-name hash).
 _NOT_HASHED = {"out_dir", "run_name", "methods", "method_config_dir"}
 BAD_VIDEO_COLUMNS = ["split", "video", "reason"]
@@ -101,8 +116,13 @@ def split_methods(methods: list[str] | str) -> list[str]:
 
 
 def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the settings that change results. ``protocol`` is hashed when it is not the default
+    ``finetune``, so fine-tune runs keep the folder names they had before the setting existed."""
+    hashed = {k: v for k, v in config.items() if k not in _NOT_HASHED}
+    if hashed.get("protocol", "finetune") == "finetune":
+        hashed.pop("protocol", None)
     blob = json.dumps(
-        {k: v for k, v in config.items() if k not in _NOT_HASHED},
+        hashed,
         sort_keys=True,
         default=_json_default,
     )
@@ -112,7 +132,8 @@ def config_hash(config: dict[str, Any]) -> str:
 def default_run_name(config: dict[str, Any]) -> str:
     data = "didemo" if config.get("didemo_root") else "synthetic"
     clip = Path(str(config.get("clip", "tiny")).rstrip("/")).name.replace(".", "_")
-    return f"{data}-{clip}-{config_hash(config)}"
+    fast = "-cached" if config.get("protocol") == "cached_features" else ""
+    return f"{data}-{clip}{fast}-{config_hash(config)}"
 
 
 def load_method_config(name: str, method_config_dir: str | Path) -> dict[str, Any]:
@@ -142,7 +163,8 @@ def build_module(method_config: dict[str, Any], overrides: dict[str, Any]):
     module_name, _, class_name = method_config["class_path"].rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
     accepted = inspect.signature(cls.__init__).parameters
-    base_keys = {"clip", "clip_checkpoint"}  # RetrievalModule's, reached through **kwargs
+    # RetrievalModule's, reached through **kwargs
+    base_keys = {"clip", "clip_checkpoint", "freeze_backbone"}
     kept = {k: v for k, v in overrides.items() if k in accepted or k in base_keys}
     return cls(**{**method_config["init_args"], **kept})
 
@@ -150,7 +172,9 @@ def build_module(method_config: dict[str, Any], overrides: dict[str, Any]):
 # ------------------------------------------------------------------------------- test capture
 
 
-def _capture_callback():
+def _capture_callback(sample: dict[str, torch.Tensor] | None = None):
+    """The test-capture callback; ``sample`` presets the measured input row (cached-feature
+    batches carry no token ids or frames, so the row then comes from the video DataModule)."""
     import lightning as L
 
     class TestCapture(L.Callback):
@@ -162,7 +186,7 @@ def _capture_callback():
             self.index: list[torch.Tensor] = []
             self.duration_s: list[torch.Tensor] = []
             self.num_frames: list[torch.Tensor] = []
-            self.sample: dict[str, torch.Tensor] | None = None
+            self.sample: dict[str, torch.Tensor] | None = sample
 
         def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, *args):
             self.index.append(batch["index"].detach().cpu())
@@ -372,6 +396,7 @@ def run_bench(
     clip_checkpoint: str | None = None,
     methods: list[str] | str = DEFAULT_METHODS,
     method_config_dir: str = "configs/method",
+    protocol: str = "finetune",
     device: str = "auto",
     out_dir: str = "outputs/bench-didemo",
     run_name: str | None = None,
@@ -420,6 +445,9 @@ def run_bench(
         clip: ``"tiny"``, a ``save_pretrained`` folder or a cached hub id.
         clip_checkpoint: a CLIP state dict to start every method from (overrides ``pretrain``).
         methods: names of configs in ``method_config_dir`` (a list or ``"a,b"``).
+        protocol: ``finetune`` (every method fine-tunes CLIP) or ``cached_features`` (FAST
+            PROTOCOL: frozen backbone, head-only training on features cached once per split; not
+            comparable to fine-tuned numbers — see the module docstring).
         device: ``auto``, ``cpu`` or ``cuda`` — training and every measurement.
         out_dir, run_name: results go to ``<out_dir>/<run_name>``; the default name is derived
             from the configuration's hash, so the same command resumes the same folder.
@@ -438,7 +466,10 @@ def run_bench(
     config = {k: v for k, v in locals().items()}
     method_names = split_methods(methods)
     config["methods"] = method_names
+    if protocol not in PROTOCOLS:
+        raise BenchConfigError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     from tvrbench.bench.environment import collect_environment, resolve_device
+    from tvrbench.bench.report import FAST_PROTOCOL_BANNER
 
     torch_device = resolve_device(device)
     synthetic = didemo_root is None
@@ -449,6 +480,8 @@ def run_bench(
         print(f"\n*** SYNTHETIC DATA — these are not DiDeMo numbers ***  (run: {run_dir})\n")
     else:
         print(f"DiDeMo from {didemo_root}; run folder {run_dir}")
+    if protocol == "cached_features":
+        print(f"\n*** {FAST_PROTOCOL_BANNER} ***\n")
 
     data_root = (
         Path(didemo_root) if didemo_root else _synthetic_root(cache_root, seed, synth_videos)
@@ -466,6 +499,9 @@ def run_bench(
         shared_ckpt = clip_checkpoint
         if shared_ckpt is None and pretrain and clip == "tiny":
             shared_ckpt = _pretrained_clip(datamodule, cache_root, pretrain_minutes, seed)
+        cached = None
+        if protocol == "cached_features":
+            cached = _cached_features(config, datamodule, shared_ckpt, cache_root, torch_device)
         for name in pending:
             result = _run_one(
                 name,
@@ -476,9 +512,13 @@ def run_bench(
                 run_dir,
                 torch_device,
                 env.get("matmul_gflops_per_s"),
+                cached,
             )
             atomic_write_json(run_dir / "methods" / f"{name}.json", result)
-            print(f"[{name}] done: methods/{name}.json")
+            if result.get("skipped"):
+                print(f"[{name}] SKIPPED: {result['skipped']}")
+            else:
+                print(f"[{name}] done: methods/{name}.json")
         bad = _bad_video_rows(datamodule)
         atomic_write_csv(run_dir / "bad_videos.csv", bad, BAD_VIDEO_COLUMNS)
         summary = _datamodule_summary(datamodule)
@@ -532,6 +572,97 @@ def _accelerator(device: torch.device) -> str:
     return "gpu" if device.type == "cuda" else "cpu"
 
 
+@dataclass
+class CachedSetup:
+    """The cached-feature protocol's shared inputs: the feature DataModule, its files, the
+    identity of the backbone they came from, and one test row of the video DataModule (token
+    ids, frames) for the cost measurements, which run on the full module."""
+
+    datamodule: Any
+    paths: dict[str, str]
+    backbone_id: str
+    sample: dict[str, torch.Tensor]
+
+
+def _cached_features(
+    config: dict[str, Any],
+    datamodule,
+    clip_checkpoint: str | None,
+    cache_root: Path,
+    device: torch.device,
+) -> CachedSetup:
+    """Extract (or reuse) the shared starting backbone's features of every split under
+    ``<cache_root>/features`` and build the :class:`~tvrbench.features.CachedFeatureDataModule`."""
+    from tvrbench.backbone import ClipBackbone
+    from tvrbench.data.datamodule import collate_batch
+    from tvrbench.features import (
+        SPLITS,
+        CachedFeatureDataModule,
+        backbone_identity,
+        extract_features,
+    )
+
+    # The same starting weights every method's module gets (RetrievalModule.__init__).
+    backbone = ClipBackbone.from_pretrained(config["clip"])
+    if clip_checkpoint:
+        state = torch.load(clip_checkpoint, map_location="cpu", weights_only=True)
+        backbone.clip.load_state_dict(state)
+    backbone.requires_grad_(False)
+    backbone_id = backbone_identity(backbone)
+    backbone.to(device)
+    out = cache_root / "features"
+    paths: dict[str, str] = {}
+    for split in SPLITS:
+        t0 = time.perf_counter()
+        path = extract_features(
+            backbone, datamodule, split, out, batch_size=config["eval_batch_size"]
+        )
+        paths[split] = str(path)
+        print(f"cached features of {split}: {path} ({time.perf_counter() - t0:.1f} s)")
+    del backbone
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    test = datamodule.dataset("test")
+    if len(test) == 0:
+        raise RuntimeError("the test split is empty: nothing to evaluate")
+    row = collate_batch([test[0]], max_frames=datamodule.sampling.max_frames)
+    sample = {k: row[k] for k in ("input_ids", "attention_mask", "frames", "frame_mask")}
+    cached_dm = CachedFeatureDataModule(
+        train_path=paths["train"],
+        val_path=paths["val"],
+        test_path=paths["test"],
+        batch_size=config["batch_size"],
+        eval_batch_size=config["eval_batch_size"],
+        num_workers=0,  # in-memory tensors: workers only add start-up time
+        seed=config["seed"],
+    )
+    return CachedSetup(cached_dm, paths, backbone_id, sample)
+
+
+def _skipped(name: str, method_config: dict[str, Any], config: dict[str, Any], reason: str):
+    """The record of a method the protocol cannot run (``methods/<name>.json``)."""
+    return {
+        "method": name,
+        "class_path": method_config["class_path"],
+        "init_args": method_config["init_args"],
+        "protocol": config["protocol"],
+        "skipped": reason,
+        "notes": [],
+        "rows": [],
+        "gallery": [],
+    }
+
+
+def _load_given_checkpoint(module, path: str) -> None:
+    """Load a Lightning checkpoint's weights into ``module`` (the cached-feature protocol tests
+    the loaded module, whose backbone must be the one the features came from)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if state is None:
+        raise BenchConfigError(f"{path}: not a Lightning checkpoint (no state_dict)")
+    module.load_state_dict(state)
+
+
 def _run_one(
     name: str,
     method_config: dict[str, Any],
@@ -541,7 +672,10 @@ def _run_one(
     run_dir: Path,
     device: torch.device,
     matmul_rate: float | None,
+    cached: CachedSetup | None = None,
 ) -> dict[str, Any]:
+    """Train (or load), test and measure one method; under the cached-feature protocol
+    (``cached`` given) train head-only on the cached features, or return a skip record."""
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
     from lightning.pytorch.loggers import CSVLogger
@@ -556,7 +690,22 @@ def _run_one(
     }
     if clip_checkpoint:
         overrides["clip_checkpoint"] = clip_checkpoint
+    if cached is not None:
+        overrides["freeze_backbone"] = True
     module = build_module(method_config, overrides)
+    notes: list[str] = []
+    if cached is not None:
+        from tvrbench.features import CachedFeaturesUnsupportedError, check_cached_protocol
+
+        try:
+            check_cached_protocol(module)
+        except CachedFeaturesUnsupportedError as err:
+            return _skipped(name, method_config, config, str(err))
+        notes.append(
+            "FAST PROTOCOL: frozen backbone, head trained on cached features; GFLOPs and "
+            "latencies measured on the full module (CLIP towers included)"
+        )
+    data = cached.datamodule if cached is not None else datamodule
     ckpt_dir = run_dir / "checkpoints" / name
     checkpoint_cb = ModelCheckpoint(
         dirpath=ckpt_dir,
@@ -567,7 +716,7 @@ def _run_one(
         save_last=True,
         auto_insert_metric_name=False,
     )
-    capture = _capture_callback()
+    capture = _capture_callback(cached.sample if cached is not None else None)
     trainer = L.Trainer(
         accelerator=_accelerator(device),
         devices=config["devices"] if device.type == "cuda" else 1,
@@ -588,14 +737,34 @@ def _run_one(
     )
     given = (config.get("checkpoints") or {}).get(name)
     train_s = 0.0
-    notes: list[str] = []
-    if given:
-        ckpt_path = given
+    selected_on = "val/R@1"
+    ckpt_path: str | None
+    if given and cached is not None:
+        from tvrbench.features import backbone_identity
+
+        _load_given_checkpoint(module, given)
+        if backbone_identity(module.backbone) != cached.backbone_id:
+            reason = (
+                f"checkpoint {given} holds another backbone than the one the cached features "
+                "came from (a fine-tuned checkpoint cannot be tested on them)"
+            )
+            return _skipped(name, method_config, config, reason)
+        ckpt_path = None  # weights loaded above: Lightning restores after the data's check
+        checkpoint = given
         notes.append(f"checkpoint given in the config: {given} (not trained)")
+    elif given:
+        ckpt_path = checkpoint = given
+        notes.append(f"checkpoint given in the config: {given} (not trained)")
+    elif not any(p.requires_grad for p in module.parameters()):
+        # e.g. meanP on a frozen backbone: configure_optimizers returns None.
+        ckpt_path = None
+        checkpoint = "none (no trainable parameters: evaluated without training)"
+        selected_on = "not trained"
+        notes.append("no trainable parameters with the frozen backbone: evaluated without training")
     else:
         last = ckpt_dir / "last.ckpt"
         t0 = time.perf_counter()
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.exists() else None)
+        trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
         train_s = time.perf_counter() - t0
         ckpt_path = checkpoint_cb.best_model_path
         if not ckpt_path:
@@ -603,8 +772,9 @@ def _run_one(
             notes.append("no validation ran inside the budget: tested the last checkpoint")
         if not ckpt_path:
             raise RuntimeError(f"[{name}] training produced no checkpoint in {ckpt_dir}")
+        checkpoint = ckpt_path
     best_val = checkpoint_cb.best_model_score
-    trainer.test(module, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    trainer.test(module, datamodule=data, ckpt_path=ckpt_path, verbose=False)
     measured = measure_method(
         module,
         capture,
@@ -618,17 +788,25 @@ def _run_one(
         matmul_gflops_per_s=matmul_rate,
         seed=config["seed"],
     )
-    data = "didemo" if config["didemo_root"] else "synthetic"
+    data_name = "didemo" if config["didemo_root"] else "synthetic"
+    protocol = config["protocol"]
     for row in measured["rows"]:
-        row.update(method=name, data=data, clip_seconds=config["clip_seconds"])
+        row.update(
+            method=name, data=data_name, clip_seconds=config["clip_seconds"], protocol=protocol
+        )
     for g in measured["gallery"]:
-        g["method"] = name
+        g.update(method=name, protocol=protocol)
+    extra: dict[str, Any] = {}
+    if cached is not None:
+        extra = {"frozen_backbone": True, "features": dict(cached.paths)}
     return {
         "method": name,
         "class_path": method_config["class_path"],
         "init_args": method_config["init_args"],
-        "checkpoint": str(ckpt_path),
-        "selected_on": "val/R@1",
+        "protocol": protocol,
+        **extra,
+        "checkpoint": checkpoint,
+        "selected_on": selected_on,
         "best_val_R@1": float(best_val) if best_val is not None else None,
         "epochs_trained": int(trainer.current_epoch),
         "train_seconds": train_s,
@@ -699,6 +877,7 @@ RESULT_COLUMNS = [
     "chance_R@1",
     "data",
     "clip_seconds",
+    "protocol",
 ]
 GALLERY_COLUMNS = [
     "method",
@@ -710,6 +889,7 @@ GALLERY_COLUMNS = [
     "gflops_pair",
     "achieved_gflops_per_s",
     "fraction_of_matmul",
+    "protocol",
 ]
 
 
@@ -720,11 +900,21 @@ def write_outputs(
     import pandas as pd
 
     from tvrbench.bench.plots import plot_all
-    from tvrbench.bench.report import SYNTHETIC_BANNER, findings, render_report
+    from tvrbench.bench.report import (
+        FAST_PROTOCOL_BANNER,
+        SYNTHETIC_BANNER,
+        findings,
+        render_report,
+    )
 
+    protocol = config.get("protocol", "finetune")
     per_method = {m: json.loads((run_dir / "methods" / f"{m}.json").read_text()) for m in methods}
-    rows = [row for m in methods for row in per_method[m]["rows"]]
-    gallery_rows = [g for m in methods for g in per_method[m]["gallery"]]
+    skipped = {m: per_method[m]["skipped"] for m in methods if per_method[m].get("skipped")}
+    ran = [m for m in methods if m not in skipped]
+    rows = [row for m in ran for row in per_method[m]["rows"]]
+    gallery_rows = [g for m in ran for g in per_method[m]["gallery"]]
+    for row in [*rows, *gallery_rows]:  # method files written before the column existed
+        row.setdefault("protocol", per_method[row["method"]].get("protocol", protocol))
     atomic_write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
     atomic_write_csv(run_dir / "gallery.csv", gallery_rows, GALLERY_COLUMNS)
     bad_path = run_dir / "bad_videos.csv"
@@ -733,18 +923,22 @@ def write_outputs(
     n_bad = max(0, len(bad_path.read_text().strip().splitlines()) - 1)
     summary_path = run_dir / "data_summary.json"
     data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    results = pd.DataFrame(rows, columns=list(dict.fromkeys([*RESULT_COLUMNS, *rows[0]])))
+    columns = list(dict.fromkeys([*RESULT_COLUMNS, *(rows[0] if rows else [])]))
+    results = pd.DataFrame(rows, columns=columns)
     gallery = pd.DataFrame(gallery_rows)
-    ranks = {m: per_method[m]["ranks"] for m in methods}
+    ranks = {m: per_method[m]["ranks"] for m in ran}
     lines = findings(results, ranks, n_boot=config["bootstrap_samples"], seed=config["seed"])
-    plots = plot_all(results, gallery, run_dir, synthetic)
+    plots = plot_all(results, gallery, run_dir, synthetic) if rows else []
     notes = [f"{m}: {n}" for m in methods for n in per_method[m].get("notes", [])]
+    fast = protocol == "cached_features"
     info = {
         "data": "synthetic" if synthetic else "didemo",
         "environment": env,
         "config": config,
         "bad_videos": n_bad,
         "notes": notes,
+        "protocol": protocol,
+        "skipped": skipped,
     }
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     atomic_write_json(
@@ -752,6 +946,9 @@ def write_outputs(
         {
             "data": info["data"],
             "banner": SYNTHETIC_BANNER if synthetic else None,
+            "protocol": protocol,
+            "protocol_banner": FAST_PROTOCOL_BANNER if fast else None,
+            "skipped": skipped,
             "config": config,
             "environment": env,
             "data_summary": data_summary,
@@ -764,8 +961,12 @@ def write_outputs(
         },
     )
     print("\n".join(["", *(f"- {s}" for s in lines), ""]))
+    for m, reason in skipped.items():
+        print(f"SKIPPED {m}: {reason}")
     if synthetic:
         print(f"*** {SYNTHETIC_BANNER} ***")
+    if fast:
+        print(f"*** {FAST_PROTOCOL_BANNER} ***")
     print(f"report: {run_dir / 'report.md'}")
 
 
