@@ -52,14 +52,15 @@ def plot_all(
     out_dir = Path(out_dir)
     rows = _per_bucket(results)
     written = []
+    # One colour per method in every plot, in the order the methods ran.
+    colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(results["method"]))}
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        (line,) = ax.plot(g["bucket_pos"], g["t2v_R@1"], marker="o", label=method)
+        c = colour.get(method)
+        ax.plot(g["bucket_pos"], g["t2v_R@1"], marker="o", label=method, color=c)
         if {"t2v_R@1_lo", "t2v_R@1_hi"} <= set(g):
-            ax.fill_between(
-                g["bucket_pos"], g["t2v_R@1_lo"], g["t2v_R@1_hi"], alpha=0.2, color=line.get_color()
-            )
+            ax.fill_between(g["bucket_pos"], g["t2v_R@1_lo"], g["t2v_R@1_hi"], alpha=0.2, color=c)
     if "chance_R@1" in rows and len(rows):
         ax.axhline(float(rows["chance_R@1"].iloc[0]), ls=":", c="grey", label="chance")
     ax.set_ylabel("text→video R@1 (%) with 95 % CI")
@@ -75,8 +76,11 @@ def plot_all(
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        ax.plot(g["bucket_pos"], g["gflops_video"], marker="o", label=f"{method} video")
-        ax.plot(g["bucket_pos"], g["gflops_pair"], marker="x", ls="--", label=f"{method} pair")
+        c = colour.get(method)
+        ax.plot(g["bucket_pos"], g["gflops_video"], marker="o", label=f"{method} video", color=c)
+        ax.plot(
+            g["bucket_pos"], g["gflops_pair"], marker="x", ls="--", label=f"{method} pair", color=c
+        )
     ax.set_yscale("log")
     ax.set_ylabel("GFLOPs (multiply-adds)")
     _finish(
@@ -86,9 +90,17 @@ def plot_all(
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        ax.plot(g["bucket_pos"], g["latency_video_ms"], marker="o", label=f"{method} video")
+        c = colour.get(method)
         ax.plot(
-            g["bucket_pos"], g["latency_query_ms"], marker="x", ls="--", label=f"{method} query"
+            g["bucket_pos"], g["latency_video_ms"], marker="o", label=f"{method} video", color=c
+        )
+        ax.plot(
+            g["bucket_pos"],
+            g["latency_query_ms"],
+            marker="x",
+            ls="--",
+            label=f"{method} query",
+            color=c,
         )
     ax.set_yscale("log")
     ax.set_ylabel("median latency (ms)")
@@ -105,7 +117,8 @@ def plot_all(
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if gallery is not None and len(gallery):
         for method, g in gallery.sort_values("gallery_size").groupby("method", sort=False):
-            ax.plot(g["gallery_size"], g["ms_per_query"], marker="o", label=method)
+            c = colour.get(method)
+            ax.plot(g["gallery_size"], g["ms_per_query"], marker="o", label=method, color=c)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.legend(fontsize=8)
