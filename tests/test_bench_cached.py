@@ -250,3 +250,41 @@ def test_extract_features_command_rejects_a_bad_split(tmp_path, capsys):
     argv = ["--config", str(config), "--out_dir", str(tmp_path), "--splits", "[dev]"]
     assert extract_main(argv) == 2
     assert "--splits: unknown ['dev']" in capsys.readouterr().err
+
+
+def test_report_labels_only_the_fast_protocol():
+    from tvrbench.bench.report import findings, render_report
+
+    df = pd.DataFrame([{"method": "A", "bucket": "all", "n_queries": 10, "t2v_R@1": 50.0}])
+    finetune = render_report(df, None, {"data": "didemo"}, findings(df))
+    assert "FAST PROTOCOL" not in finetune
+    assert "- protocol: finetune" in finetune
+    info = {"data": "didemo", "protocol": "cached_features", "skipped": {"B": "no features"}}
+    fast = render_report(df, None, info, findings(df)).splitlines()
+    assert fast[0] == f"> **{FAST_PROTOCOL_BANNER}**"
+    assert fast[-1] == f"> **{FAST_PROTOCOL_BANNER}**"
+    assert "- **skipped: B** — no features" in fast
+
+
+def test_given_checkpoints_are_tested_or_skipped_by_backbone(cached_run, tmp_path):
+    """A head-only checkpoint of the same backbone is tested on the cached features (same ranks as
+    the run that trained it); one whose backbone differs is skipped with the reason."""
+    tmp, run, _ = cached_run
+    trained = json.loads((run / "methods" / "xpool.json").read_text())
+    ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.startswith("backbone.clip."))
+    ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1.0
+    other = tmp_path / "other-backbone.ckpt"
+    torch.save(ckpt, other)
+    for name, path in (("same", trained["checkpoint"]), ("other", str(other))):
+        argv = [*bench_argv(tmp), "--methods", "xpool", "--run_name", name]
+        code, console = run_bench_quietly([*argv, "--checkpoints", json.dumps({"xpool": path})])
+        assert code == 0
+        results = json.loads((tmp / "out" / name / "results.json").read_text())
+        if name == "same":
+            assert not results["skipped"]
+            again = json.loads((tmp / "out" / name / "methods" / "xpool.json").read_text())
+            assert again["ranks"] == trained["ranks"]
+        else:
+            assert "another backbone" in results["skipped"]["xpool"]
+            assert "[xpool] SKIPPED" in console

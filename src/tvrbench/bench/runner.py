@@ -702,8 +702,8 @@ def _run_one(
         except CachedFeaturesUnsupportedError as err:
             return _skipped(name, method_config, config, str(err))
         notes.append(
-            "FAST PROTOCOL: frozen backbone, head trained on cached features; GFLOPs and "
-            "latencies measured on the full module (CLIP towers included)"
+            "FAST PROTOCOL (frozen backbone, cached features); GFLOPs and latencies measured "
+            "on the full module (CLIP towers included), like fine-tuned runs"
         )
     data = cached.datamodule if cached is not None else datamodule
     ckpt_dir = run_dir / "checkpoints" / name
@@ -987,6 +987,8 @@ def build_parser():
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("lightning.pytorch", "lightning.fabric"):  # they print through their own handler
+        logging.getLogger(name).propagate = False
     parser = build_parser()
     cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     kwargs = cfg.as_dict()
