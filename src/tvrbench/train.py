@@ -11,14 +11,16 @@ from __future__ import annotations
 
 
 def _run(subcommand: str, argv: list[str]) -> int:
+    import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
-    from tvrbench.data.datamodule import DiDeMoDataModule
     from tvrbench.retrieval import RetrievalModule
 
+    # Any DataModule by class_path: tvrbench.data.datamodule.DiDeMoDataModule (videos) or
+    # tvrbench.features.CachedFeatureDataModule (the fast cached-feature protocol).
     LightningCLI(
         RetrievalModule,
-        DiDeMoDataModule,
+        L.LightningDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         args=[subcommand, *argv],
