@@ -79,3 +79,23 @@ def test_render_report_banner():
     text = render_report(df, None, {"data": "synthetic"}, findings(df))
     assert text.splitlines()[0] == "> **SYNTHETIC DATA — these are not DiDeMo numbers**"
     assert "only A was run" in text
+
+
+def test_mean_rank_finding_can_disagree_with_r_at_1():
+    # a wins R@1 but b has the lower mean rank, with clearly separated intervals.
+    table = pd.DataFrame(
+        [
+            {"method": "a", "bucket": "all", "n_queries": 100, "t2v_R@1": 20.0,
+             "t2v_R@1_lo": 12.0, "t2v_R@1_hi": 28.0,
+             "t2v_MnR": 120.0, "t2v_MnR_lo": 110.0, "t2v_MnR_hi": 130.0},
+            {"method": "b", "bucket": "all", "n_queries": 100, "t2v_R@1": 15.0,
+             "t2v_R@1_lo": 8.0, "t2v_R@1_hi": 22.0,
+             "t2v_MnR": 60.0, "t2v_MnR_lo": 50.0, "t2v_MnR_hi": 70.0},
+        ]
+    )  # fmt: skip
+    lines = findings(table)
+    mnr = [line for line in lines if "mean rank" in line]
+    assert len(mnr) == 1
+    assert "overall: b 60.0 vs a 120.0 (95 % intervals do not overlap)" in mnr[0]
+    table.loc[1, "t2v_MnR_hi"] = 115.0  # now the intervals overlap
+    assert "(95 % intervals overlap)" in [x for x in findings(table) if "mean rank" in x][0]

@@ -82,6 +82,36 @@ def _ordinal(i: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
 
 
+def _mean_rank_findings(results: pd.DataFrame, buckets: list[str]) -> list[str]:
+    """Lowest t2v mean rank per bucket, and whether its 95 % interval clears the runner-up's
+    (R@1 only looks at the top of the ranking; MnR sees every query, so the two can disagree)."""
+    key = "t2v_MnR"
+    if key not in results:
+        return []
+    parts = []
+    for bucket in buckets:
+        rows = results[results["bucket"].astype(str) == bucket].dropna(subset=[key])
+        if len(rows) < 2:
+            continue
+        rows = rows.sort_values(key)
+        best, second = rows.iloc[0], rows.iloc[1]
+        lo_2, hi_1 = second.get(key + "_lo"), best.get(key + "_hi")
+        if hi_1 is None or lo_2 is None or math.isnan(float(hi_1)) or math.isnan(float(lo_2)):
+            verdict = "no intervals"
+        elif float(hi_1) < float(lo_2):
+            verdict = "95 % intervals do not overlap"
+        else:
+            verdict = "95 % intervals overlap"
+        where = "overall" if bucket == "all" else bucket
+        parts.append(
+            f"{where}: {best['method']} {_fmt(best[key])} vs {second['method']} "
+            f"{_fmt(second[key])} ({verdict})"
+        )
+    if not parts:
+        return []
+    return ["**lowest t2v mean rank** (MnR, lower is better): " + "; ".join(parts) + "."]
+
+
 def findings(
     results: pd.DataFrame,
     ranks: Mapping[str, Mapping[str, Any]] | None = None,
@@ -123,6 +153,7 @@ def findings(
             f"[{_fmt(second.get(METRIC + '_lo'))}, {_fmt(second.get(METRIC + '_hi'))}]{tie}; "
             f"{verdict}"
         )
+    out.extend(_mean_rank_findings(results, [*buckets, "all"]))
     # Accuracy per GFLOP, overall.
     cost_cols = ["gflops_text", "gflops_video", "gflops_pair"]
     overall = results[results["bucket"].astype(str) == "all"]
