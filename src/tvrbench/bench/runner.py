@@ -473,6 +473,14 @@ def run_bench(
 
     torch_device = resolve_device(device)
     synthetic = didemo_root is None
+    if clip != "tiny":
+        # Fail fast, before any decoding: the weights must already be on this machine.
+        from tvrbench.backbone import load_clip_model, load_tokenizer
+
+        load_tokenizer(clip)
+        load_clip_model(clip)
+    if didemo_root is not None and not Path(didemo_root).is_dir():
+        raise BenchConfigError(f"didemo_root {didemo_root}: no such folder")
     cache_root = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "tvrbench"
     run_dir = Path(out_dir) / (run_name or default_run_name(config))
     (run_dir / "methods").mkdir(parents=True, exist_ok=True)
@@ -994,9 +1002,13 @@ def main(argv: list[str] | None = None) -> int:
     kwargs = cfg.as_dict()
     for key in ("config", "__path__"):
         kwargs.pop(key, None)
+    from tvrbench.backbone import BackboneNotFoundError
+    from tvrbench.data.annotations import AnnotationError
+    from tvrbench.data.datamodule import DataSetupError
+
     try:
         run_bench(**kwargs)
-    except BenchConfigError as err:
+    except (BenchConfigError, BackboneNotFoundError, AnnotationError, DataSetupError) as err:
         print(f"tvrbench bench: {err}", file=sys.stderr)
         return 2
     return 0
