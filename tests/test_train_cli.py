@@ -22,7 +22,12 @@ def synth_root(tmp_path_factory):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TVRBENCH_CACHE": str(cwd / "cache")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_HUB_CACHE": str(cwd / "hub"),
+        "TVRBENCH_CACHE": str(cwd / "cache"),
+    }
     return subprocess.run(
         [sys.executable, "-m", "tvrbench", *args],
         cwd=cwd,
@@ -58,3 +63,16 @@ def test_unknown_method_class_is_a_clear_error(tmp_path):
     out = _cli("fit", "--model", "baselines.nope.NopeModule", cwd=tmp_path)
     assert out.returncode != 0
     assert "nope" in out.stderr.lower()
+
+
+def test_missing_clip_weights_is_one_line(tmp_path):
+    out = _cli(
+        "fit",
+        "--config", str(REPO / "configs/method/glccl_published.yaml"),
+        "--config", str(REPO / "configs/data/didemo.yaml"),
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 2
+    lines = [x for x in out.stderr.splitlines() if x.startswith("tvrbench fit:")]
+    assert len(lines) == 1 and "CLIP weights not found" in lines[0]
+    assert "Traceback" not in out.stderr
