@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -331,15 +330,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    """Write the rows atomically in :data:`COLUMNS` order."""
+    """Write the rows atomically: the documented columns, floats to 6 significant digits."""
+    from tvrbench.bench.runner import atomic_write_csv
+
+    columns = COLUMNS
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=COLUMNS)
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in r.items()})
-    os.replace(tmp, path)
+    formatted = [
+        {k: f"{r[k]:.6g}" if isinstance(r[k], float) else r[k] for k in columns if k in r}
+        for r in rows
+    ]
+    atomic_write_csv(path, formatted, columns)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
