@@ -5,26 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from head_inputs import random_frames, text_features
 
 from baselines.meanp import MeanPHead, MeanPModule
-from tvrbench.backbone import TextFeatures
 from tvrbench.retrieval import symmetric_infonce
 from tvrbench.scoring import chunked_score
-
-
-def text_features(sentence: torch.Tensor) -> TextFeatures:
-    bt, d = sentence.shape
-    return TextFeatures(
-        sentence=sentence, words=sentence[:, None], word_mask=torch.ones(bt, 1, dtype=torch.bool)
-    )
-
-
-def random_frames(bv: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.randn(bv, n, d, generator=g)
-    lengths = torch.randint(1, n + 1, (bv,), generator=g)
-    mask = torch.arange(n)[None, :] < lengths[:, None]  # (Bv, N)
-    return frames, mask
 
 
 def numpy_meanp(sentence: np.ndarray, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from head_inputs import random_frames, text_features
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.xpool import (
@@ -15,25 +16,8 @@ from baselines.xpool import (
     xpool_reference_pair_flops,
     xpool_reference_scores,
 )
-from tvrbench.backbone import TextFeatures
 from tvrbench.retrieval import symmetric_infonce
 from tvrbench.scoring import chunked_score
-
-
-def text_features(sentence: torch.Tensor) -> TextFeatures:
-    bt = sentence.shape[0]
-    return TextFeatures(
-        sentence=sentence, words=sentence[:, None], word_mask=torch.ones(bt, 1, dtype=torch.bool)
-    )
-
-
-def random_frames(bv: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    frames = torch.randn(bv, n, d, generator=g)
-    lengths = torch.randint(1, n + 1, (bv,), generator=g)
-    lengths[0] = n
-    mask = torch.arange(n)[None, :] < lengths[:, None]  # (Bv, N)
-    return frames * mask[..., None], mask
 
 
 def perturbed_head(dim: int, num_heads: int, seed: int, dropout: float = 0.3) -> XPoolHead:
