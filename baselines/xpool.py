@@ -25,7 +25,7 @@ of frames with Σ_j α_hj = 1 for every head:
 
 Per pair what remains is O(N·D) (logits and two pooled sums, as batched matrix products) plus O(D)
 element-wise work (the LN statistics, the residual, LN3 and the cosine), instead of O(D²). The
-pooled ``[Bt, Bv, D]`` tensors exist only per chunk (``tvrbench.scoring.chunked_score``).
+pooled ``[Bt, Bv, D]`` tensors exist only per chunk (``tvrbench.chunking.chunked_score``).
 :func:`xpool_reference_scores` is the plain one-shot computation, kept for tests and benchmarks.
 """
 

@@ -1,7 +1,7 @@
 """Scoring at scale: every method's gallery scoring against the machine's dense matmul rate.
 
 Scores a DiDeMo-test-sized gallery (1004 texts × 1004 videos, L = N = 64, D = 512 by default) from
-cached states with :func:`tvrbench.scoring.chunked_score` under a memory budget, next to
+cached states with :func:`tvrbench.chunking.chunked_score` under a memory budget, next to
 
 * the straightforward reference: X-Pool's one-shot materialisation of ``[Bv, Bt, D]``
   (:func:`baselines.xpool.xpool_reference_scores`); GLCCL's per-word-loop reference
@@ -68,9 +68,9 @@ if str(ROOT) not in sys.path:  # run as a script: make `baselines` importable
 from baselines.meanp import MeanPHead  # noqa: E402
 from baselines.xpool import XPoolHead, xpool_reference_pair_flops, xpool_reference_scores  # noqa: E402
 from tvrbench.backbone import TextFeatures  # noqa: E402
+from tvrbench.chunking import block_sizes, chunked_score, slice_state  # noqa: E402
 from tvrbench.glccl import GLCCLHead, glccl_reference_scores  # noqa: E402
 from tvrbench.retrieval import RetrievalHead, State  # noqa: E402
-from tvrbench.scoring import block_sizes, chunked_score, slice_state  # noqa: E402
 
 COLUMNS = [
     "device",

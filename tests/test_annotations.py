@@ -147,7 +147,7 @@ def test_real_val_split_counts():
     reason="shared DiDeMo files or CLIP tokenizer absent",
 )
 def test_inspect_data_acceptance(capsys):
-    from tvrbench.data.inspect import main
+    from tvrbench.data.inspect_data import main
 
     for max_words, truncated in ((64, 10), (32, 538)):
         argv = ["--root", str(DIDEMO), "--split", "val", "--annotations-only", "--json"]
@@ -161,7 +161,7 @@ def test_inspect_data_acceptance(capsys):
 
 
 def test_inspect_data_error_exit_code(tmp_path, capsys):
-    from tvrbench.data.inspect import main
+    from tvrbench.data.inspect_data import main
 
     (tmp_path / "val_data.json").write_text("[1, 2]")
     assert main(["--root", str(tmp_path), "--split", "val", "--annotations-only"]) == 2

@@ -5,6 +5,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tvrbench.backbone import TextFeatures
+from tvrbench.chunking import chunked_score
 from tvrbench.glccl import (
     GLCCLHead,
     TemporalEncoder,
@@ -13,7 +14,6 @@ from tvrbench.glccl import (
     glim_pool,
 )
 from tvrbench.retrieval import symmetric_infonce
-from tvrbench.scoring import chunked_score
 
 D, MAX_WORDS, MAX_FRAMES = 32, 10, 9
 

@@ -8,8 +8,8 @@ import torch
 from head_inputs import random_frames, text_features
 
 from baselines.meanp import MeanPHead, MeanPModule
+from tvrbench.chunking import chunked_score
 from tvrbench.retrieval import symmetric_infonce
-from tvrbench.scoring import chunked_score
 
 
 def numpy_meanp(sentence: np.ndarray, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:

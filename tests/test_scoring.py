@@ -1,4 +1,4 @@
-"""Chunked gallery scoring (``tvrbench.scoring``) and the scoring-at-scale benchmark script."""
+"""Chunked gallery scoring (``tvrbench.chunking``) and the scoring-at-scale benchmark script."""
 
 from __future__ import annotations
 
@@ -16,8 +16,8 @@ import torch
 from baselines.meanp import MeanPHead
 from baselines.xpool import XPoolHead, xpool_reference_scores
 from tvrbench.backbone import TextFeatures
+from tvrbench.chunking import block_sizes, chunked_score
 from tvrbench.glccl import GLCCLHead, glccl_reference_scores
-from tvrbench.scoring import block_sizes, chunked_score
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scoring.py"

@@ -16,8 +16,8 @@ from baselines.xpool import (
     xpool_reference_pair_flops,
     xpool_reference_scores,
 )
+from tvrbench.chunking import chunked_score
 from tvrbench.retrieval import symmetric_infonce
-from tvrbench.scoring import chunked_score
 
 
 def perturbed_head(dim: int, num_heads: int, seed: int, dropout: float = 0.3) -> XPoolHead:

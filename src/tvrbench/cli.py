@@ -21,7 +21,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "tvrbench.features:main",
         "cache frozen-CLIP features per split (fast head-only protocol)",
     ),
-    "inspect-data": ("tvrbench.data.inspect:main", "count videos, sentences, buckets of a split"),
+    "inspect-data": (
+        "tvrbench.data.inspect_data:main",
+        "count videos, sentences, buckets of a split",
+    ),
     "prepare-videos": ("tvrbench.data.prepare:main", "re-encode videos to 3 fps / 224 px (ffmpeg)"),
 }
 

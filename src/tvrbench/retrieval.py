@@ -55,6 +55,18 @@ class RetrievalHead(nn.Module):
         """Multiply-adds per (text, video) pair at scoring time, with the states cached."""
         return dim
 
+    def reference_score(self, text: State, video: State) -> Tensor:
+        """A straightforward, full-matrix scorer written from SPEC's equations, ``[Bt, Bv]``:
+        the yardstick of tests and of ``benchmarks/scoring.py`` (default: :meth:`score`, for
+        heads whose fast scorer already is the plain formula)."""
+        return self.score(text, video)
+
+    @staticmethod
+    def reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int | None:
+        """Multiply-adds per pair of the method's reference implementation (the official
+        code's way of scoring), or None when it is the same as :meth:`pair_flops`."""
+        return None
+
 
 def symmetric_infonce(logits: Tensor) -> Tensor:
     """½[CE(S) + CE(Sᵀ)] for a square ``[B, B]`` logit matrix whose diagonal holds the positives."""
@@ -170,7 +182,7 @@ class RetrievalModule(L.LightningModule):
 
     def similarity(self, text: State, video: State) -> Tensor:
         """Unscaled ``[Bt, Bv]`` similarity, scored in memory-bounded chunks."""
-        from tvrbench.scoring import chunked_score, memory_budget_bytes_from_mb
+        from tvrbench.chunking import chunked_score, memory_budget_bytes_from_mb
 
         budget = memory_budget_bytes_from_mb(self.hparams["score_memory_mb"])
         return chunked_score(self.head, text, video, budget)
