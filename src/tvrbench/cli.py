@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "inspect-data": (
         "tvrbench.data.inspect_data:main",
-        "count videos, sentences, buckets of a split",
+        "count videos, sentences, buckets",
     ),
     "prepare-videos": ("tvrbench.data.prepare:main", "re-encode videos to 3 fps / 224 px (ffmpeg)"),
 }
