@@ -142,6 +142,9 @@ class RetrievalModule(L.LightningModule):
         self._eval_outputs: dict[str, list[Tensor]] = defaultdict(list)
         self._eval_text_keys: list[str] = []
         self._eval_video_keys: list[str] = []
+        #: What construction decided that a result should record (e.g. how a temporal encoder
+        #: was initialised, or a fallback taken); written to results.json by the benchmark.
+        self.init_notes: list[str] = []
         #: The last evaluation: stage, ranks, bucket ids and names, metrics (read by the runner).
         self.last_eval: dict[str, Any] = {}
 

@@ -72,3 +72,20 @@ class TemporalEncoder(nn.Module):
         # head masks padding.
         y = self.transformer(x, src_key_padding_mask=~frame_mask.bool())  # (B, N, D)
         return y + frame_emb
+
+
+TEMPORAL_INITS = ("identity", "clip_text")
+
+
+def initialise_temporal(encoder: TemporalEncoder, how: str, clip_model: nn.Module) -> str:
+    """Initialise ``encoder`` as ``how`` says and return a one-line note for the results.
+
+    ``identity``: as constructed (every block the identity at first). ``clip_text``: the reference
+    initialisation (blocks from CLIP's text layers 0..layers-1, positions from the text position
+    embedding), falling back to ``identity`` with a note when the text tower does not fit.
+    """
+    if how not in TEMPORAL_INITS:
+        raise ValueError(f"temporal_init: {how!r} is not one of {', '.join(TEMPORAL_INITS)}")
+    if how == "identity":
+        return "temporal encoder: identity initialisation"
+    raise NotImplementedError("temporal_init clip_text")
