@@ -54,8 +54,6 @@ import functools
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +62,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from tvrbench.atomic import atomic_torch_save
 from tvrbench.backbone import ClipBackbone
 
 log = logging.getLogger(__name__)
@@ -153,18 +152,6 @@ def feature_key(backbone_id: str, settings: dict[str, Any], split: str, content:
 
 
 # ----------------------------------------------------------------------------- extraction
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _stored_key(path: Path) -> str | None:
@@ -264,7 +251,7 @@ def extract_features(
         split=split,
         bucket_names=list(datamodule.bucket_names(split)),
     )
-    _atomic_save(data, path)
+    atomic_torch_save(data, path)
     log.info("stored %d %s samples' features in %s", n, split, path)
     return path
 
@@ -467,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``tvrbench extract-features``; prints the files and a ``fit`` command."""
     import sys
 
-    from tvrbench.bench.environment import resolve_device
     from tvrbench.data.datamodule import DataSetupError
+    from tvrbench.device import resolve_device
+    from tvrbench.retrieval import load_backbone
 
     parser = build_parser()
     cfg = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -479,10 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     datamodule = parser.instantiate_classes(cfg).data
     try:
-        backbone = ClipBackbone.from_pretrained(cfg.clip)
-        if cfg.clip_checkpoint:
-            state = torch.load(cfg.clip_checkpoint, map_location="cpu", weights_only=True)
-            backbone.clip.load_state_dict(state)
+        backbone = load_backbone(cfg.clip, cfg.clip_checkpoint)
         backbone.requires_grad_(False).to(resolve_device(cfg.device))
         paths = {
             split: extract_features(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, cast
 
 import lightning as L
@@ -68,6 +69,24 @@ class RetrievalHead(nn.Module):
         return None
 
 
+def load_backbone(clip: str = TINY, clip_checkpoint: str | None = None) -> ClipBackbone:
+    """The CLIP backbone every method starts from: ``clip`` (``"tiny"``, a ``save_pretrained``
+    folder or a hub id), then the ``CLIPModel`` state dict ``clip_checkpoint`` when given
+    (loaded with ``weights_only=True``; a missing or mismatched file is a one-line error)."""
+    backbone = ClipBackbone.from_pretrained(clip)
+    if clip_checkpoint:
+        path = Path(clip_checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"clip_checkpoint {path}: no such file")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            backbone.clip.load_state_dict(state)
+        except (RuntimeError, KeyError, TypeError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"clip_checkpoint {path}: does not fit clip {clip} ({first})") from err
+    return backbone
+
+
 def symmetric_infonce(logits: Tensor) -> Tensor:
     """½[CE(S) + CE(Sᵀ)] for a square ``[B, B]`` logit matrix whose diagonal holds the positives."""
     target = torch.arange(logits.shape[0], device=logits.device)
@@ -89,6 +108,27 @@ def gather_eval(module: L.LightningModule, x: Tensor) -> Tensor:
     if module._trainer is None or module.trainer.world_size <= 1:
         return x
     return cast(Tensor, module.all_gather(x)).flatten(0, 1)
+
+
+def deduplicate_indices(index: Tensor) -> Tensor:
+    """Positions of the first occurrence of every distinct ``index`` value, ordered by index.
+
+    Undoes the padding of a ``DistributedSampler`` after gathering: ``rows[positions]`` has one
+    row per sample. Args: ``index`` LongTensor ``[M]``. Returns LongTensor ``[U]`` (same device).
+
+    >>> deduplicate_indices(torch.tensor([2, 0, 1, 2, 0])).tolist()
+    [1, 2, 0]
+    """
+    values, inverse = torch.unique(index, sorted=True, return_inverse=True)
+    first = torch.full((len(values),), len(index), dtype=torch.long, device=index.device)
+    positions = torch.arange(len(index), device=index.device)
+    first.scatter_reduce_(0, inverse, positions, reduce="amin")
+    return first
+
+
+def _eval_float(x: Tensor) -> Tensor:
+    """Floating evaluation tensors in float32; masks and indices unchanged."""
+    return x.float() if x.is_floating_point() else x
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -132,10 +172,7 @@ class RetrievalModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.backbone = ClipBackbone.from_pretrained(clip)
-        if clip_checkpoint:
-            state = torch.load(clip_checkpoint, map_location="cpu", weights_only=True)
-            self.backbone.clip.load_state_dict(state)
+        self.backbone = load_backbone(clip, clip_checkpoint)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
         self.head: RetrievalHead
@@ -248,10 +285,13 @@ class RetrievalModule(L.LightningModule):
     def _eval_step(self, batch: dict[str, Any]) -> None:
         text, video = self.batch_text_state(batch), self.batch_video_state(batch)
         self._eval_text_keys, self._eval_video_keys = sorted(text), sorted(video)
+        # States are cast to float32 once, when stored: under bf16-mixed the towers run in
+        # autocast, but every similarity and rank is computed in float32 (bf16 cosines carry
+        # about 3 significant digits, and ties count against the query).
         for k, v in text.items():
-            self._eval_outputs["text." + k].append(v.detach())
+            self._eval_outputs["text." + k].append(_eval_float(v.detach()))
         for k, v in video.items():
-            self._eval_outputs["video." + k].append(v.detach())
+            self._eval_outputs["video." + k].append(_eval_float(v.detach()))
         self._eval_outputs["index"].append(batch["index"])
         self._eval_outputs["bucket"].append(batch["bucket"])
 
@@ -282,13 +322,8 @@ class RetrievalModule(L.LightningModule):
         out = {k: torch.cat(v) for k, v in self._eval_outputs.items()}
         self._eval_outputs.clear()
         out = {k: gather_eval(self, v) for k, v in out.items()}
-        index = out["index"]
         # A distributed sampler pads the last shard by repeating samples: keep the first copy.
-        order = torch.argsort(index, stable=True)
-        sorted_index = index[order]
-        keep = torch.ones_like(sorted_index, dtype=torch.bool)
-        keep[1:] = sorted_index[1:] != sorted_index[:-1]
-        rows = order[keep]
+        rows = deduplicate_indices(out["index"])
         if self.hparams["eval_on_cpu"]:
             out = {k: v.cpu() for k, v in out.items()}
             rows = rows.cpu()
@@ -303,7 +338,9 @@ class RetrievalModule(L.LightningModule):
         if not self._eval_outputs:
             return
         text, video, index, bucket = self.gathered_eval_states()
-        sim = self.similarity(text, video).float()  # (n, n): paragraph i ↔ video i
+        device_type = next(iter(video.values())).device.type
+        with torch.autocast(device_type, enabled=False):
+            sim = self.similarity(text, video).float()  # (n, n): paragraph i ↔ video i
         ranks_t2v = text_to_video_ranks(sim).cpu()
         ranks_v2t = video_to_text_ranks(sim).cpu()
         bucket = bucket.cpu()

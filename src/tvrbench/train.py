@@ -11,33 +11,62 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
 
-def _run(subcommand: str, argv: list[str]) -> int:
+def lightning_cli(args: list[str] | dict[str, Any], run: bool):
+    """The one LightningCLI of the project: any method (a
+    :class:`~tvrbench.retrieval.RetrievalModule` subclass) and any DataModule by ``class_path``
+    (:class:`~tvrbench.data.datamodule.DiDeMoDataModule` for videos or
+    :class:`~tvrbench.features.CachedFeatureDataModule` for the fast cached-feature protocol).
+
+    ``args``: command-line arguments (``["fit", "--config", ...]``, with ``run=True``) or a
+    config dict ``{seed_everything, model, data, trainer}`` (``run=False``: instantiate only).
+    """
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
+    from tvrbench.retrieval import RetrievalModule
+
+    # The arguments are handed over as `args`; nothing is mixed up with sys.argv here.
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
+    extra: dict[str, Any] = (
+        {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
+    )
+    return LightningCLI(
+        RetrievalModule,
+        L.LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        args=args,
+        run=run,
+        auto_configure_optimizers=False,
+        **extra,
+    )
+
+
+def instantiate(config: dict[str, Any]):
+    """``{seed_everything, model, data, trainer}`` → ``(model, datamodule, trainer)``, seeded
+    before the model is built, exactly as ``tvrbench fit --config <that config>`` would."""
+    cli = lightning_cli(config, run=False)
+    return cli.model, cli.datamodule, cli.trainer
+
+
+def known_error(err: BaseException) -> BaseException | None:
+    """The user-facing error behind ``err`` (jsonargparse wraps errors raised while
+    instantiating classes): missing weights, bad annotations, unusable data; else None."""
     from tvrbench.backbone import BackboneNotFoundError
     from tvrbench.data.annotations import AnnotationError
     from tvrbench.data.datamodule import DataSetupError
-    from tvrbench.retrieval import RetrievalModule
 
-    # `tvrbench fit ...` hands its own arguments over as `args`; nothing is mixed up here.
-    warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended")
-    # Any DataModule by class_path: tvrbench.data.datamodule.DiDeMoDataModule (videos) or
-    # tvrbench.features.CachedFeatureDataModule (the fast cached-feature protocol).
+    return _cause_of_type(err, (BackboneNotFoundError, AnnotationError, DataSetupError))
+
+
+def _run(subcommand: str, argv: list[str]) -> int:
     try:
-        LightningCLI(
-            RetrievalModule,
-            L.LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            args=[subcommand, *argv],
-            save_config_kwargs={"overwrite": True},
-            auto_configure_optimizers=False,
-        )
-    except Exception as err:  # jsonargparse wraps errors raised while instantiating classes
-        known = _cause_of_type(err, (BackboneNotFoundError, AnnotationError, DataSetupError))
+        lightning_cli([subcommand, *argv], run=True)
+    except Exception as err:
+        known = known_error(err)
         if known is None:
             raise
         print(f"tvrbench {subcommand}: {known}", file=sys.stderr)

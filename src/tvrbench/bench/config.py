@@ -1,0 +1,328 @@
+"""Configuration resolution of a benchmark run: one place that turns the bench config into the
+``tvrbench fit`` config (model / data / trainer) of every (method, seed).
+
+A bench config names a data config (``configs/data/*.yaml``), a trainer config
+(``configs/trainer/*.yaml``), a recipe (``configs/recipe/*.yaml``) and method names
+(``configs/method/<name>[_published].yaml``). For each method and seed the layers are merged,
+lowest first:
+
+1. the data config, the trainer config and the method file's ``model`` section;
+2. the recipe: its optimiser values (``model``), ``trainer`` and ``data`` values; under the
+   ``published`` recipe also the method file's own ``trainer`` / ``data`` sections;
+3. what the bench decides: the data root (DiDeMo or the synthetic set), the CLIP (model and
+   tokenizer), the starting checkpoint, the method's word/frame tables from the data, the device,
+   the seed, the checkpoint folder and logger of the run;
+4. ``model_overrides`` / ``data_overrides`` / ``trainer_overrides`` from the bench config or the
+   command line (JSON), last.
+
+The result is a plain LightningCLI config dict, instantiated by :func:`tvrbench.train.instantiate`
+— the same parser ``tvrbench fit`` uses — and saved as ``configs/<method>-seed<k>.yaml`` in the
+run folder, so ``tvrbench fit --config`` that file reproduces the training.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import inspect
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tvrbench.atomic import json_default
+
+RECIPES = ("auto", "tiny", "shared", "published")
+PROTOCOLS = ("finetune", "cached_features")
+#: Above this CLIP learning rate a real checkpoint's alignment is destroyed (SPEC §2.7).
+MAX_REAL_CLIP_LR = 1e-5
+#: Bench settings that do not change results (left out of the run-name hash).
+NOT_HASHED = {"out_dir", "run_name", "methods", "method_config_dir", "seeds", "stress"}
+OPTIMIZER_KEYS = ("lr", "backbone_lr", "weight_decay", "betas", "eps", "warmup_frac")
+TRAINER_KEYS = (
+    "accelerator",
+    "devices",
+    "num_nodes",
+    "strategy",
+    "precision",
+    "max_epochs",
+    "max_time",
+    "gradient_clip_val",
+    "accumulate_grad_batches",
+    "val_check_interval",
+)
+
+
+class BenchConfigError(ValueError):
+    """The benchmark configuration is unusable (message names the setting and the problem)."""
+
+
+# ------------------------------------------------------------------------------ small helpers
+
+
+def split_methods(methods: list[str] | str) -> list[str]:
+    """``"a,b"`` or ``["a", "b,c"]`` → ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
+    items = [methods] if isinstance(methods, str) else list(methods)
+    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    if not names:
+        raise BenchConfigError("methods: no method given")
+    return list(dict.fromkeys(names))
+
+
+def seed_list(seeds: int | list[int] | str, base_seed: int = 0) -> list[int]:
+    """``3`` → ``[base, base+1, base+2]``; ``[0, 5]`` or ``"0,5"`` → as given."""
+    if isinstance(seeds, str):
+        seeds = [int(s) for s in seeds.split(",") if s.strip()] if "," in seeds else int(seeds)
+    if isinstance(seeds, int):
+        if seeds < 1:
+            raise BenchConfigError(f"seeds: {seeds} (need at least one seed)")
+        return [base_seed + i for i in range(seeds)]
+    out = list(dict.fromkeys(int(s) for s in seeds))
+    if not out:
+        raise BenchConfigError("seeds: empty list")
+    return out
+
+
+def read_yaml(path: str | Path, what: str) -> dict[str, Any]:
+    """A YAML mapping; a missing file or a non-mapping is a one-line :class:`BenchConfigError`."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchConfigError(f"{what} {path}: no such file")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise BenchConfigError(f"{what} {path}: not valid YAML ({err})".splitlines()[0]) from err
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise BenchConfigError(f"{what} {path}: expected a mapping at the top level")
+    return raw
+
+
+def section(spec: str | dict[str, Any] | None, key: str, what: str) -> dict[str, Any]:
+    """A config section given as a YAML path (holding ``key:``) or inline as a dict."""
+    if spec is None:
+        return {}
+    if isinstance(spec, (str, Path)):
+        raw = read_yaml(spec, what)
+        return copy.deepcopy(raw.get(key, raw))
+    return copy.deepcopy(dict(spec))
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """``update`` merged into a copy of ``base`` (nested dicts merged, everything else replaced)."""
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """Hash of the settings that change results (10 hex digits)."""
+    hashed = {k: v for k, v in config.items() if k not in NOT_HASHED}
+    blob = json.dumps(hashed, sort_keys=True, default=json_default)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def default_run_name(config: dict[str, Any]) -> str:
+    """``<data>-<clip>[-cached]-<hash>``: the same command resumes the same folder."""
+    data = "didemo" if config.get("didemo_root") else "synthetic"
+    clip = Path(str(config.get("clip", "tiny")).rstrip("/")).name.replace(".", "_")
+    fast = "-cached" if config.get("protocol") == "cached_features" else ""
+    return f"{data}-{clip}{fast}-{config_hash(config)}"
+
+
+def class_of(class_path: str) -> type:
+    """Import ``package.module.Class``; a bad path is a one-line :class:`BenchConfigError`."""
+    module_name, _, class_name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as err:
+        raise BenchConfigError(f"class_path {class_path}: cannot be imported ({err})") from err
+
+
+def accepted_arguments(cls: type) -> set[str]:
+    """Constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        names.discard("self")
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
+            break
+    return names
+
+
+# ----------------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Recipe:
+    """A recipe file (``configs/recipe/<name>.yaml``)."""
+
+    name: str
+    method_file: str  # e.g. "{name}.yaml" or "{name}_published.yaml"
+    model: dict[str, Any]
+    trainer: dict[str, Any]
+    data: dict[str, Any]
+    method_sections: bool  # apply the method file's own trainer/data sections
+
+
+def resolve_recipe_name(recipe: str, clip: str) -> str:
+    """``auto`` → ``tiny`` for the built-in tiny CLIP, ``shared`` for a real one; the tiny
+    same-budget recipe is refused for a real checkpoint."""
+    if recipe not in RECIPES:
+        raise BenchConfigError(f"recipe: {recipe!r} is not one of {', '.join(RECIPES)}")
+    if recipe == "auto":
+        return "tiny" if clip == "tiny" else "shared"
+    if recipe == "tiny" and clip != "tiny":
+        raise BenchConfigError(
+            f"recipe: tiny is the tiny CLIP's same-budget recipe and cannot train clip {clip} "
+            "(use recipe: shared or published; SPEC §2.7)"
+        )
+    return recipe
+
+
+def load_recipe(name: str, recipe_dir: str | Path) -> Recipe:
+    raw = read_yaml(Path(recipe_dir) / f"{name}.yaml", "recipe")
+    return Recipe(
+        name=name,
+        method_file=str(raw.get("method_file", "{name}.yaml")),
+        model=dict(raw.get("model") or {}),
+        trainer=dict(raw.get("trainer") or {}),
+        data=dict(raw.get("data") or {}),
+        method_sections=bool(raw.get("method_sections", False)),
+    )
+
+
+def load_method_file(name: str, recipe: Recipe, method_config_dir: str | Path) -> dict[str, Any]:
+    """The method file of ``name`` under ``recipe``: ``{"path", "model", "trainer", "data"}``."""
+    directory = Path(method_config_dir)
+    path = directory / recipe.method_file.format(name=name)
+    if not path.is_file():
+        known = sorted(p.stem for p in directory.glob("*.yaml") if "_published" not in p.stem)
+        raise BenchConfigError(
+            f"{path}: no such method config for recipe {recipe.name} (methods in "
+            f"{directory}: {', '.join(known) or 'none'})"
+        )
+    raw = read_yaml(path, "method config")
+    model = raw.get("model", raw)
+    if not isinstance(model, dict) or "class_path" not in model:
+        raise BenchConfigError(f"{path}: expected a `model: {{class_path, init_args}}` section")
+    data = raw.get("data") or {}
+    return {
+        "path": str(path),
+        "model": {
+            "class_path": model["class_path"],
+            "init_args": dict(model.get("init_args") or {}),
+        },
+        "trainer": dict(raw.get("trainer") or {}),
+        "data": dict(data.get("init_args", data) if isinstance(data, dict) else {}),
+    }
+
+
+@dataclass
+class RunSpec:
+    """One (method, seed) of a benchmark run, fully resolved."""
+
+    method: str
+    seed: int
+    recipe: str
+    method_file: str
+    config: dict[str, Any]  # LightningCLI config: seed_everything, model, data, trainer
+
+    @property
+    def key(self) -> str:
+        return f"{self.method}/seed{self.seed}"
+
+    def recipe_record(self) -> dict[str, Any]:
+        """Every optimiser and trainer value this run uses (results.json, report header)."""
+        model = self.config["model"]["init_args"]
+        data = self.config["data"]["init_args"]
+        trainer = self.config["trainer"]
+        return {
+            "recipe": self.recipe,
+            "method_file": self.method_file,
+            **{k: model.get(k) for k in OPTIMIZER_KEYS},
+            **{k: trainer.get(k) for k in TRAINER_KEYS},
+            "batch_size": data.get("batch_size"),
+            "max_words": data.get("max_words"),
+            "max_frames": data.get("max_frames"),
+            "sample_fps": data.get("sample_fps"),
+            "clip_seconds": data.get("clip_seconds"),
+        }
+
+
+def resolve_run(
+    method: str,
+    seed: int,
+    *,
+    recipe: Recipe,
+    method_config_dir: str | Path,
+    data: dict[str, Any],
+    trainer: dict[str, Any],
+    bench: dict[str, Any],
+    overrides: dict[str, dict[str, Any]],
+) -> RunSpec:
+    """Merge the layers of the module docstring into one LightningCLI config.
+
+    Args:
+        data: ``{"class_path", "init_args"}`` of the data config.
+        trainer: the trainer config's ``trainer`` section.
+        bench: what the bench decides: ``model`` / ``data`` / ``trainer`` dicts (layer 3).
+        overrides: ``{"model": ..., "data": ..., "trainer": ...}`` (layer 4).
+    """
+    mfile = load_method_file(method, recipe, method_config_dir)
+    model_args = dict(mfile["model"]["init_args"])
+    data_args = dict(data.get("init_args") or {})
+    trainer_cfg = dict(trainer)
+    model_args.update(recipe.model)
+    trainer_cfg.update(recipe.trainer)
+    data_args.update(recipe.data)
+    if recipe.method_sections:
+        trainer_cfg.update(mfile["trainer"])
+        data_args.update(mfile["data"])
+    data_args.update(bench.get("data", {}))
+    data_args.update(overrides.get("data") or {})
+    cls = class_of(mfile["model"]["class_path"])
+    accepted = accepted_arguments(cls)
+    derived = dict(bench.get("model", {}))
+    # The method's word/frame tables follow the data (GLCCL's L×L matrices, positions).
+    for key in ("max_words", "max_frames"):
+        if key in data_args:
+            derived[key] = data_args[key]
+    model_args.update({k: v for k, v in derived.items() if k in accepted})
+    model_args.update(overrides.get("model") or {})
+    unknown = sorted(set(model_args) - accepted)
+    if unknown:
+        raise BenchConfigError(
+            f"{mfile['path']}: {mfile['model']['class_path']} takes no argument "
+            f"{', '.join(unknown)}"
+        )
+    trainer_cfg.update(bench.get("trainer", {}))
+    trainer_cfg.update(overrides.get("trainer") or {})
+    clip = str(model_args.get("clip", "tiny"))
+    clip_lr = model_args.get("backbone_lr")
+    frozen = bool(model_args.get("freeze_backbone", False))
+    if clip != "tiny" and clip_lr is not None and float(clip_lr) > MAX_REAL_CLIP_LR and not frozen:
+        raise BenchConfigError(
+            f"{mfile['path']}: backbone_lr {clip_lr} for clip {clip} is above "
+            f"{MAX_REAL_CLIP_LR:g}, outside every published recipe (it destroys the pretrained "
+            "alignment; SPEC §2.7) — a tiny-CLIP recipe given a real checkpoint?"
+        )
+    config = {
+        "seed_everything": seed,
+        "model": {"class_path": mfile["model"]["class_path"], "init_args": model_args},
+        "data": {"class_path": data["class_path"], "init_args": data_args},
+        "trainer": trainer_cfg,
+    }
+    return RunSpec(method, seed, recipe.name, mfile["path"], config)

@@ -1,0 +1,271 @@
+"""One (method, seed) of a benchmark run: build it from its resolved config, train it (checkpoint
+selected on ``val/R@1``, the validation split only), test the selected checkpoint once, measure.
+
+Training runs in this process on one device, or — with ``devices > 1`` or ``num_nodes > 1`` — as
+``tvrbench fit --config <resolved config>`` in a child process under Lightning DDP, so that the
+run's data preparation, testing, measurement and writing happen once. Testing and measurement
+always run here on one device: every test video is counted exactly once.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tvrbench.bench.config import BenchConfigError, RunSpec
+from tvrbench.bench.measure import TestCapture, measure_tested
+
+
+def _dump_yaml(path: Path, config: dict[str, Any]) -> None:
+    import yaml
+
+    from tvrbench.atomic import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def run_folder_trainer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
+    """The run's trainer section: checkpoints under ``checkpoints/<method>/seed<k>/`` (best on
+    ``val/R@1`` + last, for resume), CSV logs under ``logs/<method>/seed<k>``."""
+    trainer = copy.deepcopy(spec.config["trainer"])
+    trainer["callbacks"] = [
+        {
+            "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
+            "init_args": {
+                "dirpath": str(checkpoint_dir(run_dir, spec)),
+                "filename": "best",
+                "monitor": "val/R@1",
+                "mode": "max",
+                "save_top_k": 1,
+                "save_last": True,
+                "auto_insert_metric_name": False,
+            },
+        }
+    ]
+    trainer["logger"] = {
+        "class_path": "lightning.pytorch.loggers.CSVLogger",
+        "init_args": {
+            "save_dir": str(run_dir / "logs"),
+            "name": spec.method,
+            "version": f"seed{spec.seed}",
+        },
+    }
+    trainer.setdefault("num_sanity_val_steps", 0)
+    trainer.setdefault("enable_progress_bar", True)
+    return trainer
+
+
+def checkpoint_dir(run_dir: Path, spec: RunSpec) -> Path:
+    return run_dir / "checkpoints" / spec.method / f"seed{spec.seed}"
+
+
+def is_distributed(trainer_cfg: dict[str, Any]) -> bool:
+    devices = trainer_cfg.get("devices", 1)
+    many = isinstance(devices, int) and devices > 1
+    many = many or (isinstance(devices, (list, str)) and str(devices) not in ("1", "auto", "[0]"))
+    return many or int(trainer_cfg.get("num_nodes", 1) or 1) > 1
+
+
+def one_device(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same trainer on one device (test and measurement)."""
+    out = dict(trainer_cfg)
+    out.update(devices=1, num_nodes=1, strategy="auto")
+    return out
+
+
+def load_checkpoint_weights(module, path: str) -> None:
+    """Load a Lightning checkpoint's weights with ``weights_only=True`` (an untrusted file cannot
+    run code); one-line errors for a missing, unsafe or foreign file."""
+    if not Path(path).is_file():
+        raise BenchConfigError(f"checkpoint {path}: no such file")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle refuses a non-tensor object: say which
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BenchConfigError(
+            f"checkpoint {path}: cannot be loaded with weights_only=True ({first}); only "
+            "Lightning checkpoints of tvrbench methods are accepted"
+        ) from err
+    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if state is None:
+        raise BenchConfigError(f"checkpoint {path}: not a Lightning checkpoint (no state_dict)")
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise BenchConfigError(f"checkpoint {path}: does not fit this method ({first})") from err
+
+
+def _best_from(ckpt_dir: Path) -> tuple[str, float | None]:
+    """Selected checkpoint and its val/R@1 after a child-process fit."""
+    best, last = ckpt_dir / "best.ckpt", ckpt_dir / "last.ckpt"
+    if best.exists():
+        state = torch.load(best, map_location="cpu", weights_only=True)
+        for key, value in (state.get("callbacks") or {}).items():
+            if "ModelCheckpoint" in str(key) and value.get("best_model_score") is not None:
+                return str(best), float(value["best_model_score"])
+        return str(best), None
+    return (str(last) if last.exists() else ""), None
+
+
+def _fit_in_child(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> None:
+    """``tvrbench fit --config <resolved>`` in a child process (Lightning starts the ranks)."""
+    path = run_dir / "configs" / f"{spec.method}-seed{spec.seed}-fit.yaml"
+    _dump_yaml(path, config)
+    last = checkpoint_dir(run_dir, spec) / "last.ckpt"
+    cmd = [sys.executable, "-m", "tvrbench.cli", "fit", "--config", str(path)]
+    if last.exists():
+        cmd += ["--ckpt_path", str(last)]
+    print(f"[{spec.key}] training under DDP: {' '.join(cmd)}")
+    proc = subprocess.run(cmd, env=dict(os.environ))
+    if proc.returncode != 0:
+        raise RuntimeError(f"[{spec.key}] distributed training failed (exit {proc.returncode})")
+
+
+def run_method(
+    spec: RunSpec,
+    run_dir: Path,
+    device: torch.device,
+    measure: dict[str, Any],
+    *,
+    instantiate: Callable[[dict[str, Any]], tuple[Any, Any, Any]],
+    datamodule_for: Callable[[Any], Any],
+    given_checkpoint: str | None = None,
+    cached=None,
+    stress: Callable[..., list[dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """Train (or load), test and measure one (method, seed); returns its record.
+
+    Args:
+        spec: the resolved run.
+        run_dir: the run folder.
+        device: where testing and every measurement run.
+        measure: keyword arguments of :func:`~tvrbench.bench.measure.measure_tested`.
+        instantiate: config dict → ``(model, datamodule, trainer)``
+            (:func:`tvrbench.train.instantiate`).
+        datamodule_for: the run's shared DataModule for a freshly built one (identical data
+            configs share one set-up instance).
+        given_checkpoint: a Lightning checkpoint to test instead of training.
+        cached: the cached-feature protocol's :class:`~tvrbench.bench.cached.CachedSetup`.
+        stress: called as ``stress(module, trainer, datamodule, meter_sample)`` after the test,
+            returns the controlled-length rows.
+    """
+    print(f"[{spec.key}] {spec.config['model']['class_path']} (recipe {spec.recipe})")
+    config = copy.deepcopy(spec.config)
+    if cached is not None:
+        config["model"]["init_args"]["freeze_backbone"] = True
+    config["trainer"] = run_folder_trainer(spec, run_dir)
+    _dump_yaml(run_dir / "configs" / f"{spec.method}-seed{spec.seed}.yaml", config)
+    distributed = is_distributed(config["trainer"])
+    local = copy.deepcopy(config)
+    if distributed:
+        local["trainer"] = one_device(config["trainer"])
+    module, datamodule, trainer = instantiate(local)
+    datamodule = datamodule_for(datamodule)
+    datamodule.seed = spec.seed  # data order follows the seed (a shared instance)
+    notes: list[str] = list(getattr(module, "init_notes", []))
+    if cached is not None:
+        from tvrbench.features import CachedFeaturesUnsupportedError, check_cached_protocol
+
+        try:
+            check_cached_protocol(module)
+        except CachedFeaturesUnsupportedError as err:
+            return skipped_record(spec, str(err))
+        notes.append(
+            "FAST PROTOCOL (frozen backbone, cached features); GFLOPs and latencies measured "
+            "on the full module (CLIP towers included), like fine-tuned runs"
+        )
+    data = cached.datamodule if cached is not None else datamodule
+    capture = TestCapture(cached.sample if cached is not None else None)
+    trainer.callbacks.append(capture)
+    checkpoint_cb = trainer.checkpoint_callback
+    train_s, selected_on, best_val = 0.0, "val/R@1", None
+    ckpt_path: str | None
+    if given_checkpoint:
+        load_checkpoint_weights(module, given_checkpoint)
+        if cached is not None:
+            from tvrbench.features import backbone_identity
+
+            if backbone_identity(module.backbone) != cached.backbone_id:
+                return skipped_record(
+                    spec,
+                    f"checkpoint {given_checkpoint} holds another backbone than the one the "
+                    "cached features came from (a fine-tuned checkpoint cannot be tested on them)",
+                )
+        ckpt_path, checkpoint = None, given_checkpoint
+        selected_on = "given"
+        notes.append(f"checkpoint given in the config: {given_checkpoint} (not trained)")
+    elif not any(p.requires_grad for p in module.parameters()):
+        ckpt_path, checkpoint, selected_on = None, "none (no trainable parameters)", "not trained"
+        notes.append("no trainable parameters with the frozen backbone: evaluated without training")
+    else:
+        ckpt_dir = checkpoint_dir(run_dir, spec)
+        last = ckpt_dir / "last.ckpt"
+        t0 = time.perf_counter()
+        if distributed:
+            if cached is not None:
+                raise BenchConfigError("the cached-feature protocol runs on one device")
+            _fit_in_child(spec, config, run_dir)
+            ckpt_path, best_val = _best_from(ckpt_dir)
+        else:
+            trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
+            ckpt_path = checkpoint_cb.best_model_path if checkpoint_cb else ""
+            score = checkpoint_cb.best_model_score if checkpoint_cb else None
+            best_val = float(score) if score is not None else None
+            if not ckpt_path:
+                ckpt_path = (checkpoint_cb.last_model_path if checkpoint_cb else "") or (
+                    str(last) if last.exists() else ""
+                )
+        train_s = time.perf_counter() - t0
+        if not ckpt_path:
+            raise RuntimeError(f"[{spec.key}] training produced no checkpoint in {ckpt_dir}")
+        if not best_val and not Path(ckpt_dir / "best.ckpt").exists():
+            notes.append("no validation ran inside the budget: tested the last checkpoint")
+        checkpoint = ckpt_path
+    epochs = int(trainer.current_epoch)
+    if ckpt_path is not None:
+        load_checkpoint_weights(module, ckpt_path)
+    trainer.test(module, datamodule=data, verbose=False)
+    measured = measure_tested(module, capture, device, **measure)
+    stress_rows = stress(module, trainer, datamodule, capture.sample) if stress else []
+    return {
+        "method": spec.method,
+        "seed": spec.seed,
+        "class_path": spec.config["model"]["class_path"],
+        "init_args": spec.config["model"]["init_args"],
+        "recipe": spec.recipe_record(),
+        "checkpoint": checkpoint,
+        "selected_on": selected_on,
+        "best_val_R@1": best_val,
+        "epochs_trained": epochs,
+        "train_seconds": train_s,
+        "threads": torch.get_num_threads(),
+        "notes": notes,
+        **({"frozen_backbone": True, "features": dict(cached.paths)} if cached else {}),
+        **measured,
+        "stress": stress_rows,
+    }
+
+
+def skipped_record(spec: RunSpec, reason: str) -> dict[str, Any]:
+    """The record of a (method, seed) the protocol cannot run."""
+    return {
+        "method": spec.method,
+        "seed": spec.seed,
+        "class_path": spec.config["model"]["class_path"],
+        "init_args": spec.config["model"]["init_args"],
+        "recipe": spec.recipe_record(),
+        "skipped": reason,
+        "notes": [],
+        "rows": [],
+        "gallery": [],
+        "stress": [],
+    }

@@ -1,0 +1,266 @@
+"""The run's outputs: one record per finished (method, seed) in ``methods/<method>/seed<k>.json``
+(what resume looks at), combined into ``results.csv`` (rows per method × bucket × seed plus
+aggregated ``seed = mean`` rows), ``gallery.csv``, ``stress.csv``, ``results.json``,
+``report.md`` and the plots. Every file is written atomically (:mod:`tvrbench.atomic`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from tvrbench.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+
+METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
+METRIC_COLUMNS = [f"{d}_{k}" for d in ("t2v", "v2t") for k in METRICS]
+INTERVAL_COLUMNS = [f"{c}_{b}" for c in METRIC_COLUMNS for b in ("lo", "hi")]
+COST_COLUMNS = [
+    "flops_frames",
+    "gflops_text",
+    "gflops_video",
+    "gflops_pair",
+    "gflops_pair_formula",
+    "latency_query_ms",
+    "latency_query_p90_ms",
+    "latency_video_ms",
+    "latency_video_p90_ms",
+]
+RESULT_COLUMNS = [
+    "method",
+    "seed",
+    "bucket",
+    "n_queries",
+    *METRIC_COLUMNS,
+    *INTERVAL_COLUMNS,
+    *[f"{c}_std" for c in METRIC_COLUMNS],
+    "mean_duration_s",
+    "mean_frames",
+    *COST_COLUMNS,
+    "gallery_size",
+    "chance_R@1",
+    "data",
+    "clip_seconds",
+    "protocol",
+    "recipe",
+]
+GALLERY_COLUMNS = [
+    "method",
+    "seed",
+    "gallery_size",
+    "ms_per_query",
+    "p90_ms",
+    "materialized",
+    "chunk",
+    "gflops_pair",
+    "achieved_gflops_per_s",
+    "fraction_of_matmul",
+    "protocol",
+]
+STRESS_COLUMNS = [
+    "method",
+    "seed",
+    "injected_length_s",
+    "n_queries",
+    *METRIC_COLUMNS,
+    *INTERVAL_COLUMNS,
+    *[f"{c}_std" for c in METRIC_COLUMNS],
+    "mean_relevant_fraction",
+    "mean_relevant_frames",
+    "mean_frames",
+    "mean_duration_s",
+    *COST_COLUMNS,
+    "gallery_size",
+    "stress_gallery",
+    "distractor_split",
+    "placement",
+]
+BAD_VIDEO_COLUMNS = ["split", "video", "reason"]
+
+
+def record_path(run_dir: Path, method: str, seed: int) -> Path:
+    return run_dir / "methods" / method / f"seed{seed}.json"
+
+
+def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
+    path = record_path(run_dir, record["method"], int(record["seed"]))
+    atomic_write_json(path, record)
+    return path
+
+
+def read_records(run_dir: Path, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+    return [
+        json.loads(record_path(run_dir, m, s).read_text())
+        for m in methods
+        for s in seeds
+        if record_path(run_dir, m, s).exists()
+    ]
+
+
+def _tagged(record: dict[str, Any], key: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {**row, "method": record["method"], "seed": record["seed"], **extra}
+        for row in record.get(key) or []
+    ]
+
+
+def combine(
+    records: list[dict[str, Any]], config: dict[str, Any], synthetic: bool
+) -> dict[str, list[dict[str, Any]]]:
+    """Per-seed rows of every record plus the aggregated ``seed = mean`` rows."""
+    from tvrbench.bench.seeds import aggregate_seed_rows
+
+    ran = [r for r in records if not r.get("skipped")]
+    extra = {
+        "data": "synthetic" if synthetic else "didemo",
+        "protocol": config.get("protocol", "finetune"),
+    }
+    rows, gallery, stress = [], [], []
+    for r in ran:
+        recipe = (r.get("recipe") or {}).get("recipe")
+        clip_seconds = (r.get("recipe") or {}).get("clip_seconds")
+        rows += _tagged(r, "rows", {**extra, "recipe": recipe, "clip_seconds": clip_seconds})
+        gallery += _tagged(r, "gallery", {"protocol": extra["protocol"]})
+        stress += _tagged(r, "stress", {})
+    ranks = rank_table(ran)
+    n_boot, seed = int(config["bootstrap_samples"]), int(config.get("seed", 0))
+    rows += aggregate_seed_rows(rows, ranks, n_boot, seed)
+    if stress:
+        stress_ranks = rank_table(ran, key="stress_ranks")
+        stress += aggregate_seed_rows(
+            stress, stress_ranks, n_boot, seed, group_key="injected_length_s"
+        )
+    return {"rows": rows, "gallery": gallery, "stress": stress, "ranks": ranks}
+
+
+def rank_table(records: list[dict[str, Any]], key: str = "ranks") -> dict[str, dict[int, Any]]:
+    """``{method: {seed: ranks record}}`` (the bootstrap's input)."""
+    out: dict[str, dict[int, Any]] = {}
+    for r in records:
+        if r.get(key):
+            out.setdefault(r["method"], {})[int(r["seed"])] = r[key]
+    return out
+
+
+def write_outputs(
+    run_dir: Path,
+    methods: list[str],
+    seeds: list[int],
+    config: dict[str, Any],
+    env: dict[str, Any],
+    synthetic: bool,
+) -> None:
+    """Combine the records into every output file; print the findings."""
+    import pandas as pd
+
+    from tvrbench.bench.plots import plot_all
+    from tvrbench.bench.report import (
+        FAST_PROTOCOL_BANNER,
+        SYNTHETIC_BANNER,
+        findings,
+        render_report,
+    )
+    from tvrbench.bench.seeds import seeds_note
+    from tvrbench.metrics import MDR_CONVENTION, V2T_CONVENTIONS
+
+    protocol = config.get("protocol", "finetune")
+    records = read_records(run_dir, methods, seeds)
+    skipped = {f"{r['method']}/seed{r['seed']}": r["skipped"] for r in records if r.get("skipped")}
+    combined = combine(records, config, synthetic)
+    rows, gallery_rows, stress_rows = combined["rows"], combined["gallery"], combined["stress"]
+    atomic_write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
+    atomic_write_csv(run_dir / "gallery.csv", gallery_rows, GALLERY_COLUMNS)
+    if stress_rows:
+        atomic_write_csv(run_dir / "stress.csv", stress_rows, STRESS_COLUMNS)
+    bad_path = run_dir / "bad_videos.csv"
+    if not bad_path.exists():
+        atomic_write_csv(bad_path, [], BAD_VIDEO_COLUMNS)
+    n_bad = max(0, len(bad_path.read_text().strip().splitlines()) - 1)
+    summary_path = run_dir / "data_summary.json"
+    data_summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
+    columns = list(dict.fromkeys([*RESULT_COLUMNS, *(rows[0] if rows else [])]))
+    results = pd.DataFrame(rows, columns=columns)
+    gallery = pd.DataFrame(gallery_rows)
+    stress = pd.DataFrame(stress_rows) if stress_rows else None
+    n_boot, seed = int(config["bootstrap_samples"]), int(config.get("seed", 0))
+    lines = findings(results, combined["ranks"], n_boot=n_boot, seed=seed)
+    stress_lines: list[str] = []
+    if stress is not None:
+        from tvrbench.bench.stress import stress_findings
+
+        stress_lines = stress_findings(stress)
+    plots = plot_all(results, gallery, run_dir, synthetic) if rows else []
+    if stress is not None:
+        from tvrbench.bench.plots import plot_stress
+
+        plots.append(plot_stress(stress, run_dir, synthetic))
+    notes = [f"{r['method']} (seed {r['seed']}): {n}" for r in records for n in r.get("notes", [])]
+    recipes = {r["method"]: r.get("recipe") for r in records}
+    variance = seeds_note(len(seeds))
+    info = {
+        "data": "synthetic" if synthetic else "didemo",
+        "environment": env,
+        "config": config,
+        "bad_videos": n_bad,
+        "notes": notes,
+        "protocol": protocol,
+        "skipped": skipped,
+        "recipes": recipes,
+        "seeds": seeds,
+        "training_variance": variance,
+        "stress": stress,
+        "stress_findings": stress_lines,
+        "published": published_numbers(records) if not synthetic else {},
+    }
+    atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
+    atomic_write_json(
+        run_dir / "results.json",
+        {
+            "data": info["data"],
+            "banner": SYNTHETIC_BANNER if synthetic else None,
+            "protocol": protocol,
+            "protocol_banner": FAST_PROTOCOL_BANNER if protocol == "cached_features" else None,
+            "seeds": seeds,
+            "training_variance": variance,
+            "conventions": {"MdR": MDR_CONVENTION, "v2t": V2T_CONVENTIONS.get("best-caption")},
+            "skipped": skipped,
+            "config": config,
+            "recipes": recipes,
+            "environment": env,
+            "data_summary": data_summary,
+            "findings": lines,
+            "stress_findings": stress_lines,
+            "methods": {
+                f"{r['method']}/seed{r['seed']}": {
+                    k: v for k, v in r.items() if k not in ("ranks", "stress_ranks")
+                }
+                for r in records
+            },
+            "results": rows,
+            "gallery": gallery_rows,
+            "stress": stress_rows,
+        },
+    )
+    print("\n".join(["", f"- {variance}", *(f"- {s}" for s in [*lines, *stress_lines]), ""]))
+    for key, reason in skipped.items():
+        print(f"SKIPPED {key}: {reason}")
+    if synthetic:
+        print(f"*** {SYNTHETIC_BANNER} ***")
+    if protocol == "cached_features":
+        print(f"*** {FAST_PROTOCOL_BANNER} ***")
+    print(f"report: {run_dir / 'report.md'}")
+
+
+def published_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each method class's published DiDeMo text→video numbers (``PUBLISHED_DIDEMO_T2V``)."""
+    from tvrbench.bench.config import class_of
+
+    out: dict[str, Any] = {}
+    for r in records:
+        try:
+            cls = class_of(r["class_path"])
+        except Exception:
+            continue
+        published = getattr(cls, "PUBLISHED_DIDEMO_T2V", None)
+        if published:
+            out[r["method"]] = published
+    return out
