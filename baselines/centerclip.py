@@ -6,13 +6,22 @@ Encoding of a video (reference: mzhaoshuai/CenterCLIP, modules/cluster/):
    consecutive frames, sizes as ``np.array_split`` gives them (18 frames → 5, 5, 4, 4); a video
    with fewer real frames than ``num_segments`` gets one segment per frame and the remaining
    segment slots are masked out; padded frames are never encoded;
-2. every real frame runs through the vision transformer on its own up to block ``start_block``;
-3. there, the patch tokens of each segment (all its frames together) are clustered by batched
-   k-medoids (:func:`batched_kmedoids`: KKZ initialisation, Euclidean distance) into
-   ``num_clusters`` medoids, and only the medoid tokens go on; the segment's class token is the mean
-   of its frames' class tokens. A segment with at most ``num_clusters`` tokens keeps them all;
-4. the remaining blocks run on ``[class, medoids]`` per segment; the segment embedding is
+2. every real frame runs through the vision transformer on its own for ``start_block - 1`` full
+   blocks;
+3. there, before the attention of block ``start_block``, the patch tokens of each segment (all its
+   frames together) are clustered by batched k-medoids (:func:`batched_kmedoids`: KKZ
+   initialisation, Euclidean distance) into ``num_clusters`` medoids, and only the medoid tokens go
+   on; the segment's class token is the mean of its frames' class tokens. A segment with at most
+   ``num_clusters`` tokens keeps them all;
+4. blocks ``start_block`` … last run on ``[class, medoids]`` per segment; the segment embedding is
    ``visual_projection(post_layernorm(class))``.
+
+Block numbering (SPEC §2.3): ``start_block`` is 1-based and names the first block that runs on the
+clustered tokens, as the reference's "block 8" does (scripts/msrvtt.sh, target_frames_blocks
+'12×7, 4×5'): with ``start_block: 8`` on ViT-B/32's 12 blocks, 7 full blocks run per frame and 5
+on the medoids. ``start_block: 1`` clusters right after the embedding layer (``pre_layrnorm``). A
+value above the depth is clipped to the last block (so at least one block sees the medoids) and
+the clipping is recorded in ``init_notes``.
 
 The video embedding is the meanP one over segments (:class:`baselines.meanp.MeanPHead`), so
 retrieval is one matrix product; the method's gain is encoding cost.
@@ -140,8 +149,9 @@ class CenterCLIPModule(RetrievalModule):
     Args:
         num_segments: temporal segments per video (paper, MSR-VTT: 4 of 3 frames).
         num_clusters: medoid tokens kept per segment (paper: 49).
-        start_block: index of the first ViT block that runs on clustered tokens (paper: 8 of 12);
-            clipped to the number of blocks.
+        start_block: 1-based number of the first ViT block that runs on the clustered tokens:
+            clustering happens after ``start_block - 1`` full blocks (paper: 8 of 12, i.e. after
+            7 full blocks); clipped to the number of blocks.
         max_iter: k-medoids iteration limit.
         tol: k-medoids stopping threshold.
         **kwargs: see ``RetrievalModule``.
@@ -157,15 +167,21 @@ class CenterCLIPModule(RetrievalModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        if num_segments < 1 or num_clusters < 1 or start_block < 0:
+        if num_segments < 1 or num_clusters < 1 or start_block < 1:
             raise ValueError(
-                "CenterCLIP: num_segments and num_clusters must be >= 1 and start_block >= 0, "
+                "CenterCLIP: num_segments, num_clusters and start_block (1-based) must be >= 1, "
                 f"got {num_segments}, {num_clusters}, {start_block}"
             )
         self.num_segments = num_segments
         self.num_clusters = num_clusters
         n_layers = len(self.backbone.clip.vision_model.encoder.layers)
+        #: 1-based number of the first block on clustered tokens (≤ the ViT's depth).
         self.start_block = min(start_block, n_layers)
+        if self.start_block != start_block:
+            self.init_notes.append(
+                f"CenterCLIP: start_block {start_block} clipped to {self.start_block} "
+                f"(the ViT has {n_layers} blocks)"
+            )
         self.max_iter = max_iter
         self.tol = tol
         self.head = MeanPHead()
@@ -193,7 +209,8 @@ class CenterCLIPModule(RetrievalModule):
         flat = mask.reshape(-1)  # (B·N,)
         pixels = frames.reshape(b * n, *frames.shape[2:])[flat]  # (F, 3, H, W) real frames only
         hidden = vision.pre_layrnorm(vision.embeddings(pixels))  # (F, 1 + P, W)
-        for layer in layers[: self.start_block]:
+        full = self.start_block - 1  # blocks that run on every token of every frame
+        for layer in layers[:full]:
             hidden = layer(hidden, None)  # (F, 1 + P, W), F = real frames
         n_tok, width = hidden.shape[1] - 1, hidden.shape[2]
 
@@ -228,8 +245,8 @@ class CenterCLIPModule(RetrievalModule):
             key_ok = torch.cat([kept.new_ones(n_seg, 1), kept], dim=1)  # (G, 1+k')
             attn_mask = torch.zeros(n_seg, 1, 1, key_ok.shape[1], dtype=x.dtype, device=x.device)
             attn_mask.masked_fill_(~key_ok[:, None, None, :], torch.finfo(x.dtype).min)
-        for layer in layers[self.start_block :]:
-            x = layer(x, attn_mask)
+        for layer in layers[full:]:
+            x = layer(x, attn_mask)  # (G, 1 + k', W)
         seg_emb = self.backbone.clip.visual_projection(vision.post_layernorm(x[:, 0]))  # (G, D)
 
         out = seg_emb.new_zeros(b * s, seg_emb.shape[-1])

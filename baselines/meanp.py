@@ -35,6 +35,7 @@ class MeanPHead(RetrievalHead):
     """Cosine between the sentence embedding and the mean of normalised frame embeddings.
 
     States: video ``{"video": [Bv, D]}``, text ``{"sentence": [Bt, D]}``, both unit vectors.
+    Reference scorer and its cost: the defaults (:meth:`score` is already the plain matmul).
     """
 
     def video_state(self, frame_emb: Tensor, frame_mask: Tensor) -> State:

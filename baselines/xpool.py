@@ -26,7 +26,9 @@ of frames with Σ_j α_hj = 1 for every head:
 Per pair what remains is O(N·D) (logits and two pooled sums, as batched matrix products) plus O(D)
 element-wise work (the LN statistics, the residual, LN3 and the cosine), instead of O(D²). The
 pooled ``[Bt, Bv, D]`` tensors exist only per chunk (``tvrbench.chunking.chunked_score``).
-:func:`xpool_reference_scores` is the plain one-shot computation, kept for tests and benchmarks.
+:meth:`XPoolHead.reference_score` is the plain computation, laid out as the reference repository
+computes it, the yardstick of the tests and of ``benchmarks/scoring.py``; to run it from the states
+alone they also carry the raw sentence and frame embeddings.
 """
 
 from __future__ import annotations
@@ -52,8 +54,11 @@ class XPoolHead(RetrievalHead):
 
     States:
         video: ``keys [Bv, H, N, D/H]``, ``values [Bv, H, N, 2D]`` (first D: ``C = U − mean(U)``
-        with ``U = W_o v + b_o/H``; last D: ``(I + W_l)(γ2 ⊙ C)``) and ``frame_mask [Bv, N]``.
-        text: ``sentence [Bt, D]`` (unit vector) and ``query [Bt, H, D/H]`` (scale folded in).
+        with ``U = W_o v + b_o/H``; last D: ``(I + W_l)(γ2 ⊙ C)``), ``frame_mask [Bv, N]`` and,
+        for :meth:`reference_score` only, ``frame_emb [Bv, N, D]`` (raw, padding zeroed).
+        text: ``sentence [Bt, D]`` (unit vector), ``query [Bt, H, D/H]`` (scale folded in) and,
+        for :meth:`reference_score` only, ``sentence_emb [Bt, D]`` (raw: LN1 is not exactly
+        scale-invariant, its ε sees the norm).
     """
 
     def __init__(self, dim: int, num_heads: int = 1, dropout: float = 0.3) -> None:
@@ -89,7 +94,8 @@ class XPoolHead(RetrievalHead):
         bv, n, d = frame_emb.shape
         h, hd = self.num_heads, self.head_dim
         mask = frame_mask.bool()
-        x = self.layer_norm1(frame_emb.where(mask.unsqueeze(-1), 0.0))  # (Bv, N, D)
+        raw = frame_emb.where(mask.unsqueeze(-1), 0.0)  # (Bv, N, D): non-finite padding → 0
+        x = self.layer_norm1(raw)  # (Bv, N, D)
         keys = self.k_proj(x).view(bv, n, h, hd).transpose(1, 2).contiguous()  # (Bv, H, N, hd)
         v = self.v_proj(x).view(bv, n, h, hd)  # (Bv, N, H, hd)
         w_o = self.out_proj.weight.view(d, h, hd)  # (D, H, hd): column block of each head
@@ -99,14 +105,16 @@ class XPoolHead(RetrievalHead):
         scaled = centred * self.layer_norm2.weight  # (Bv, H, N, D) = diag(γ2) C
         mixed = scaled + scaled @ self.linear_proj.weight.t()  # (Bv, H, N, D) = (I + W_l) γ2 C
         values = torch.cat([centred, mixed], dim=-1)  # (Bv, H, N, 2D)
-        return {"keys": keys, "values": values, "frame_mask": mask}
+        # frame_emb: for the reference only
+        return {"keys": keys, "values": values, "frame_mask": mask, "frame_emb": raw}
 
     def text_state(self, text: TextFeatures) -> State:
-        """``sentence [Bt, D]`` (normalised, for the cosine) and ``query [Bt, H, D/H]``."""
+        """``sentence [Bt, D]`` (normalised, for the cosine), ``query [Bt, H, D/H]`` and the raw
+        ``sentence_emb [Bt, D]`` (for the reference)."""
         t = text.sentence
         q = self.q_proj(self.layer_norm1(t)) / math.sqrt(self.head_dim)  # (Bt, D)
         query = q.view(t.shape[0], self.num_heads, self.head_dim)  # (Bt, H, hd)
-        return {"sentence": F.normalize(t, dim=-1), "query": query}
+        return {"sentence": F.normalize(t, dim=-1), "query": query, "sentence_emb": t}
 
     # ----------------------------------------------------------------------------- scoring
 
@@ -179,46 +187,40 @@ class XPoolHead(RetrievalHead):
         """
         return 3 * num_frames * dim + 8 * dim + num_frames
 
+    # --------------------------------------------------------------------------- reference
 
-def xpool_reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int:
-    """Multiply-adds per pair of :func:`xpool_reference_scores`: logits N·D, pooling N·D,
-    ``W_o`` D², LN2 4·D, ``W_l`` D², residual D, LN3 4·D, cosine 3·D, softmax ~N."""
-    return 2 * dim * dim + 2 * num_frames * dim + 12 * dim + num_frames
+    def reference_score(self, text: State, video: State) -> Tensor:
+        """X-Pool scores ``[Bt, Bv]`` laid out as the reference repository computes them.
 
-
-def xpool_reference_scores(
-    head: XPoolHead, text_emb: Tensor, frame_emb: Tensor, frame_mask: Tensor | None = None
-) -> Tensor:
-    """One-shot X-Pool scores, laid out as the reference repository computes them.
-
-    Materialises ``[Bv, Bt, D]`` for all pairs at once and applies ``W_o`` and ``W_l`` per pair.
-    For tests and benchmarks only (memory grows as Bv·Bt·D).
-
-    Args:
-        head: the head whose parameters to use.
-        text_emb: ``[Bt, D]`` sentence embeddings (raw, not normalised).
-        frame_emb: ``[Bv, N, D]`` frame embeddings.
-        frame_mask: ``[Bv, N]`` bool, True for real frames (None: all real).
-    Returns:
-        ``[Bt, Bv]`` cosine scores.
-    """
-    bt, d = text_emb.shape
-    bv, n, _ = frame_emb.shape
-    h, hd = head.num_heads, head.head_dim
-    t = head.layer_norm1(text_emb)
-    f = head.layer_norm1(frame_emb)
-    q = head.q_proj(t).reshape(bt, h, hd).permute(1, 2, 0)  # (H, hd, Bt)
-    k = head.k_proj(f).reshape(bv, n, h, hd).permute(0, 2, 1, 3)  # (Bv, H, N, hd)
-    v = head.v_proj(f).reshape(bv, n, h, hd).permute(0, 2, 3, 1)  # (Bv, H, hd, N)
-    logits = (k @ q) / math.sqrt(hd)  # (Bv, H, N, Bt)
-    if frame_mask is not None:
-        pad = ~frame_mask.bool()[:, None, :, None]
+        Materialises the pooled ``[Bv, Bt, D]`` for all pairs of the call at once and applies
+        ``W_o`` and ``W_l`` per pair, from the raw ``sentence_emb [Bt, D]``, ``frame_emb
+        [Bv, N, D]`` and ``frame_mask [Bv, N]`` entries of the states (nothing folded). Memory
+        grows as Bv·Bt·D: for tests and benchmarks, on blocks of a gallery.
+        """
+        text_emb, frame_emb = text["sentence_emb"], video["frame_emb"]
+        bt, d = text_emb.shape
+        bv, n, _ = frame_emb.shape
+        h, hd = self.num_heads, self.head_dim
+        t = self.layer_norm1(text_emb)  # (Bt, D)
+        f = self.layer_norm1(frame_emb)  # (Bv, N, D)
+        q = self.q_proj(t).reshape(bt, h, hd).permute(1, 2, 0)  # (H, hd, Bt)
+        k = self.k_proj(f).reshape(bv, n, h, hd).permute(0, 2, 1, 3)  # (Bv, H, N, hd)
+        v = self.v_proj(f).reshape(bv, n, h, hd).permute(0, 2, 3, 1)  # (Bv, H, hd, N)
+        logits = (k @ q) / math.sqrt(hd)  # (Bv, H, N, Bt)
+        pad = ~video["frame_mask"].bool()[:, None, :, None]
         logits = logits.masked_fill(pad, torch.finfo(logits.dtype).min)
-    weights = F.softmax(logits, dim=2)
-    attention = (v @ weights).permute(0, 3, 1, 2).reshape(bv, bt, d)  # (Bv, Bt, D)
-    o = head.layer_norm2(head.out_proj(attention))
-    out = head.layer_norm3(o + head.dropout(head.linear_proj(o)))  # (Bv, Bt, D)
-    return torch.einsum("td,vtd->tv", F.normalize(text_emb, dim=-1), F.normalize(out, dim=-1))
+        weights = F.softmax(logits, dim=2)  # (Bv, H, N, Bt)
+        attention = (v @ weights).permute(0, 3, 1, 2).reshape(bv, bt, d)  # (Bv, Bt, D)
+        o = self.layer_norm2(self.out_proj(attention))  # (Bv, Bt, D)
+        out = self.layer_norm3(o + self.dropout(self.linear_proj(o)))  # (Bv, Bt, D)
+        t_hat, out_hat = F.normalize(text_emb, dim=-1), F.normalize(out, dim=-1)
+        return torch.einsum("td,vtd->tv", t_hat, out_hat)  # (Bt, Bv)
+
+    @staticmethod
+    def reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int:
+        """Multiply-adds per pair of :meth:`reference_score`: logits N·D, pooling N·D, ``W_o``
+        D², LN2 4·D, ``W_l`` D², residual D, LN3 4·D, cosine 3·D, softmax ~N."""
+        return 2 * dim * dim + 2 * num_frames * dim + 12 * dim + num_frames
 
 
 class XPoolModule(RetrievalModule):
@@ -235,9 +237,4 @@ class XPoolModule(RetrievalModule):
         self.head = XPoolHead(self.backbone.embed_dim, num_heads=num_heads, dropout=dropout)
 
 
-__all__ = [
-    "XPoolHead",
-    "XPoolModule",
-    "xpool_reference_pair_flops",
-    "xpool_reference_scores",
-]
+__all__ = ["XPoolHead", "XPoolModule"]

@@ -3,40 +3,61 @@
 Scores a DiDeMo-test-sized gallery (1004 texts × 1004 videos, L = N = 64, D = 512 by default) from
 cached states with :func:`tvrbench.chunking.chunked_score` under a memory budget, next to
 
-* the straightforward reference: X-Pool's one-shot materialisation of ``[Bv, Bt, D]``
-  (:func:`baselines.xpool.xpool_reference_scores`); GLCCL's per-word-loop reference
-  (:func:`tvrbench.glccl.glccl_reference_scores`) evaluated block by block with the same block
-  size (it cannot hold the full gallery either); meanP/CenterCLIP: the plain matmul is both;
+* the method's straightforward reference, :meth:`~tvrbench.retrieval.RetrievalHead.reference_score`
+  (written from SPEC; the plain matmul where the fast scorer already is one), evaluated block by
+  block with the fast scorer's block layout (no reference holds a whole gallery of pairs);
 * the machine's dense matmul rate, measured in the same run (a large ``torch.mm`` in the run's
   dtype, fp32 by default; 1 FLOP = 1 multiply-add, as fvcore counts).
 
+Methods (``--methods NAME[,NAME...]``, default: every config of ``--config-dir`` but variants, see
+``benchmarks/train_step.py``'s ``default_methods``) are configs ``<name>.yaml`` with
+``model: {class_path, init_args}``. Nothing here knows a method by name: the module is built from
+its config (``benchmarks/train_step.py``'s ``build_from_config``) on a random tiny CLIP whose
+projection width is ``--dim``, with ``max_words``/``max_frames`` set to ``--words``/``--frames``
+where the constructor takes them, as ``tvrbench bench`` does, and its head is what is measured.
+A config whose module cannot be built is skipped with the reason (exit status 1 when it was
+named in ``--methods``). Heads whose pair cost is one dot product (``reference_pair_flops`` None and
+``pair_flops == D``: meanP, CenterCLIP) also get a large-gallery row, one per head class
+(``--gallery-videos`` one-frame videos; such a head's state is one vector whatever N).
+
 Inputs are random but shaped like DiDeMo: unit-norm features, word lengths drawn uniformly in
 [20, 64] of L = 64 and frame counts in [10, 64] of N = 64 (scaled with L and N at other sizes),
-padded frames zero like the backbone's. Head parameters are the identity initialisations plus
-seeded noise (so no algebraic shortcut can hide behind an identity matrix).
+padded frames zero like the backbone's, turned into states by the head's own ``text_state`` and
+``video_state`` (a head's temporal encoder, if any, is part of its video state, not of scoring).
+Head parameters are the module's initialisation plus seeded noise (so no algebraic shortcut can
+hide behind an identity matrix).
 
 Time: median of the timed runs after a warm-up (CPU: ``time.perf_counter``; CUDA: synchronised).
-A measurement stops early once its runs exceed ``--time-cap-s`` (at least one run); the run count
-is printed. GLCCL is slow at full size on a small CPU: when ``--subset-texts`` is below the number
-of texts, GLCCL and its reference are both timed on the first whole text blocks (the blocks are
-identical in shape and the inputs i.i.d., so every block costs the same) and extrapolated to the
-full gallery; the printed table and the CSV (``timed_texts``, ``note``) say so.
+A measurement stops early once its runs exceed ``--cap-s`` (at least one run); the run count is
+printed. Per-pair methods are slow at full size on a small CPU: when ``--subset-texts`` is below
+the number of texts, every method whose pair cost is more than a dot product is timed, fast and
+reference alike, on the first whole text blocks (the blocks are identical in shape and the inputs
+i.i.d., so every block costs the same) and extrapolated to the full gallery; the printed table and
+the CSV (``timed_texts``, ``note``) say so.
 
-Peak memory: CPU — a fresh child process per measurement builds the same states, resets its
-peak-RSS mark (``/proc/self/clear_refs``), scores once and reports ``VmHWM − VmRSS`` (torch
+Peak memory: CPU — a fresh child process per measurement loads the same head and states, resets
+its peak-RSS mark (``/proc/self/clear_refs``), scores once and reports ``VmHWM − VmRSS`` (torch
 allocations are invisible to tracemalloc; a fresh process keeps earlier runs' freed memory from
-hiding the peak); CUDA — ``torch.cuda.max_memory_allocated`` growth.
+hiding the peak); CUDA — ``torch.cuda.max_memory_allocated`` growth. Both on two text blocks (the
+working set is per block). ``--quick`` measures in this process instead (a lower bound on CPU).
 
 FLOPs: the heads' ``pair_flops`` × pairs, cross-checked with ``torch.utils.flop_counter`` (matrix
-products only, so slightly below the formula, which also counts element-wise work) on a small block.
-Each fast score is checked against its reference (max abs diff ≤ 1e-5 in fp32); the script exits
-with status 1 when a check fails. Targets (X-Pool ≥ 2× faster with ≤ 25 % of the reference's peak,
-GLCCL ≥ 3× faster within the budget, meanP/CenterCLIP ≥ 70 % of the matmul rate) are reported,
-with the measurement behind any miss.
+products only, so slightly below the formula, which also counts element-wise work) on a small block;
+the reference's per-pair count is the head's ``reference_pair_flops`` (printed next to the fast one
+with the head's note on how it was counted). Each fast score is checked against its reference (max
+abs diff ≤ 1e-5 in fp32); the script exits with status 1 when a check fails. Targets (a per-pair
+method's fast peak within the budget, a dot-product method at ≥ 70 % of the matmul rate) are
+reported, with the measurement behind any miss, next to each speed-up over its reference.
+
+``--quick``: 24 × 24 pairs, L = 12, N = 10, D = 64, a 0.25 MiB budget (so the per-pair methods
+run in several blocks), a 2,000-video gallery, a 256² matmul, short timings, written to
+``outputs/benchmarks/scoring-<device>-quick.csv`` unless ``--out`` says otherwise (the committed
+results are full runs); a size given explicitly wins over ``--quick``.
 
 Usage::
 
-    .venv/bin/python benchmarks/scoring.py [--device cpu|cuda] [--dtype fp32|bf16|fp16]
+    .venv/bin/python benchmarks/scoring.py [--quick] [--methods NAME[,NAME...]]
+        [--config-dir configs/method] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
         [--texts 1004 --videos 1004 --words 64 --frames 64 --dim 512] [--budget-mb 2048]
         [--gallery-videos 100000] [--out benchmarks/results/scoring-<device>.csv]
 """
@@ -47,10 +68,10 @@ import argparse
 import gc
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,14 +83,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `baselines` importable
+if str(ROOT) not in sys.path:  # run as a script: make `baselines` and `benchmarks` importable
     sys.path.insert(0, str(ROOT))
 
-from baselines.meanp import MeanPHead  # noqa: E402
-from baselines.xpool import XPoolHead, xpool_reference_pair_flops, xpool_reference_scores  # noqa: E402
+from benchmarks.train_step import (  # noqa: E402  (method discovery, shared and torch-free)
+    CONFIG_DIR,
+    build_from_config,
+    child_env,
+    config_names,
+    method_config,
+    resolve_methods,
+)
 from tvrbench.backbone import TextFeatures  # noqa: E402
 from tvrbench.chunking import block_sizes, chunked_score, slice_state  # noqa: E402
-from tvrbench.glccl import GLCCLHead, glccl_reference_scores  # noqa: E402
 from tvrbench.retrieval import RetrievalHead, State  # noqa: E402
 
 COLUMNS = [
@@ -99,12 +125,42 @@ EXTRA_COLUMNS = ["timed_texts", "ref_runs", "note"]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Max abs difference allowed between a fast score and its reference, per dtype.
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 5e-3}
-METHODS = ("meanp", "centerclip", "xpool", "glccl", "gallery")
-GALLERY_METHOD = "meanp_centerclip_gallery"
+#: Suffix of a large-gallery row's name (``meanp_centerclip_gallery``: the methods sharing it).
+GALLERY_SUFFIX = "_gallery"
 PARAM_NOISE = 0.02
-MIN_TIMED_S = 1.0
 MAX_RUNS = 100
 MIB = 1024**2
+#: Items per call when building states (bounds the memory of a temporal encoder's activations).
+STATE_BATCH = 256
+#: Sizes of a run without ``--quick`` and with it (an explicit flag wins over both).
+FULL_SIZES: dict[str, Any] = {
+    "texts": 1004,
+    "videos": 1004,
+    "words": 64,
+    "frames": 64,
+    "dim": 512,
+    "budget_mb": 2048.0,
+    "gallery_videos": 100_000,
+    "subset_texts": 50,
+    "repeats": 3,
+    "cap_s": 45.0,
+    "min_timed_s": 1.0,
+    "matmul_size": 0,
+}
+QUICK_SIZES: dict[str, Any] = {
+    "texts": 24,
+    "videos": 24,
+    "words": 12,
+    "frames": 10,
+    "dim": 64,
+    "budget_mb": 0.25,
+    "gallery_videos": 2000,
+    "subset_texts": 0,
+    "repeats": 1,
+    "cap_s": 2.0,
+    "min_timed_s": 0.02,
+    "matmul_size": 256,
+}
 
 # --------------------------------------------------------------------------- inputs
 
@@ -146,137 +202,184 @@ def perturb(head: nn.Module, seed: int) -> nn.Module:
     gen = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in head.parameters():
-            p.add_(PARAM_NOISE * torch.randn(p.shape, generator=gen))
+            p.add_(PARAM_NOISE * torch.randn(p.shape, generator=gen).to(p.dtype))
     return head.eval().requires_grad_(False)
 
 
-def to_device(state: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> State:
-    """Move a state; floating tensors take ``dtype``."""
-    return {
-        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-        for k, v in state.items()
+def concat_states(parts: list[State]) -> State:
+    """States of consecutive item ranges → one state (concatenated along the leading dim)."""
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+@torch.no_grad()
+def text_states(head: RetrievalHead, sentence: Tensor, words: Tensor, mask: Tensor) -> State:
+    """The head's text state of ``sentence [Bt, D]``, ``words [Bt, L, D]``, ``mask [Bt, L]``."""
+    parts = [
+        head.text_state(TextFeatures(sentence[i:j], words[i:j], mask[i:j]))
+        for i, j in _ranges(sentence.shape[0])
+    ]
+    return concat_states(parts)
+
+
+@torch.no_grad()
+def video_states(head: RetrievalHead, frame_emb: Tensor, frame_mask: Tensor) -> State:
+    """The head's video state of ``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]``."""
+    parts = [head.video_state(frame_emb[i:j], frame_mask[i:j]) for i, j in _ranges(len(frame_emb))]
+    return concat_states(parts)
+
+
+def _ranges(n: int) -> list[tuple[int, int]]:
+    return [(i, min(n, i + STATE_BATCH)) for i in range(0, n, STATE_BATCH)]
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+def random_clip_dir(work_dir: Path, dim: int, words: int) -> Path:
+    """A random tiny CLIP whose joint width is ``dim``, saved with ``save_pretrained`` in
+    ``work_dir/clip`` (the backbone every module is built on; scoring never runs it)."""
+    from transformers.utils import logging as hf_logging
+
+    from tvrbench.backbone import build_tiny_clip, build_tiny_tokenizer
+
+    hf_logging.disable_progress_bar()  # one "Loading weights" bar per method otherwise
+
+    path = work_dir / "clip"
+    if not (path / "config.json").is_file():
+        tokenizer = build_tiny_tokenizer()
+        model = build_tiny_clip(
+            vocab_size=len(tokenizer),
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+            projection_dim=dim,
+            max_words=max(77, words),  # CLIP's text length: room for any --words
+        )
+        model.save_pretrained(path)
+    return path
+
+
+def build_head(method: str, args: argparse.Namespace, clip_dir: Path) -> RetrievalHead:
+    """``method``'s head, from its config, at the run's sizes, perturbed, on the run's device
+    and dtype (eval mode, no grad). Raises whatever building the module raises."""
+    class_path, init_args = method_config(method, Path(args.config_dir))
+    overrides = {
+        "clip": str(clip_dir),
+        "clip_checkpoint": None,
+        "max_words": args.words,
+        "max_frames": args.frames,
     }
+    torch.manual_seed(args.seed)
+    module = build_from_config(class_path, init_args, overrides)
+    head = module.head
+    if not isinstance(head, RetrievalHead):
+        raise TypeError(f"{type(module).__name__}.head is not a RetrievalHead")
+    head = perturb(head, args.seed)
+    return head.to(device=torch.device(args.device), dtype=DTYPES[args.dtype])
+
+
+def is_plain_matmul(head: RetrievalHead, words: int, frames: int, dim: int) -> bool:
+    """The head scores a pair with one dot product of cached D-vectors and its reference is
+    its fast scorer (meanP, CenterCLIP)."""
+    return head.reference_pair_flops(words, frames, dim) is None and (
+        head.pair_flops(words, frames, dim) == dim
+    )
+
+
+def reference_note(head: RetrievalHead) -> str:
+    """How the head's reference cost was counted: its ``reference_note`` attribute, else the
+    first line of its ``reference_pair_flops`` docstring."""
+    note = getattr(head, "reference_note", None)
+    if note:
+        return str(note)
+    doc = (type(head).reference_pair_flops.__doc__ or "").strip()
+    return " ".join(doc.split("\n\n")[0].split())
 
 
 # ---------------------------------------------------------------------------- cases
 
 
-def glccl_reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int:
-    """Multiply-adds per pair of :func:`tvrbench.glccl.glccl_reference_scores`.
-
-    GLIM logits and pooled features for the sentence and every word ``2·(L+1)·N·D``, their
-    normalisation ``(L+1)·D``, S_vs ``D``, u and r ``2·L·D``, M ``L²·D``, the L×L poolings
-    ``2·(L² + L)`` (S_vw, S_sf), ``2·(L³ + L²)`` and ``2·(L² + L)`` (S_fw).
-    """
-    lw, n, d = num_words, num_frames, dim
-    total = 2 * (lw + 1) * n * d + (lw + 1) * d + d + 2 * lw * d + lw * lw * d
-    total += 2 * (lw * lw + lw) + 2 * (lw**3 + lw * lw) + 2 * (lw * lw + lw)
-    return total
-
-
 @dataclass
 class Case:
-    """One method's gallery: states, the fast and reference scorers, and their costs.
+    """One gallery of one head: states, the fast and reference scorers, and their costs.
 
-    ``fast(n)`` / ``reference(n)`` score the first ``n`` texts against the whole gallery.
+    ``fast(n)`` / ``reference(n)`` score the first ``n`` texts against the whole gallery in the
+    same ``t_block × v_block`` layout.
     """
 
-    method: str
-    n_texts: int
-    n_videos: int
-    timed_texts: int
-    pair_flops: int
-    ref_pair_flops: int
+    name: str
     head: RetrievalHead
     text: State
     video: State
-    fast: Callable[[int], Tensor]
-    reference: Callable[[int], Tensor]
-    warmup_texts: int
+    words: int
+    frames: int
+    budget: int
+    timed_texts: int
+    pair_flops: int
+    ref_pair_flops: int
     t_block: int
     v_block: int
     notes: list[str] = field(default_factory=list)
 
     @property
+    def n_texts(self) -> int:
+        return next(iter(self.text.values())).shape[0]
+
+    @property
+    def n_videos(self) -> int:
+        return next(iter(self.video.values())).shape[0]
+
+    @property
+    def warmup_texts(self) -> int:
+        return min(self.n_texts, self.t_block)
+
+    @property
     def peak_texts(self) -> int:
         """Texts scored for the peak-memory measurement. The working set is per block, so two
-        text blocks show the peak of the block-by-block scorers; the rest score everything."""
-        if self.method == "glccl":
-            return min(self.timed_texts, 2 * self.t_block)
-        return self.timed_texts
+        text blocks show the peak of both scorers."""
+        return min(self.timed_texts, 2 * self.t_block)
+
+    def fast(self, n: int) -> Tensor:
+        return chunked_score(self.head, slice_state(self.text, 0, n), self.video, self.budget)
+
+    def reference(self, n: int) -> Tensor:
+        first = slice_state(self.text, 0, n)
+        if self.t_block >= n and self.v_block >= self.n_videos:
+            return self.head.reference_score(first, self.video)
+        out: Tensor | None = None
+        for t0 in range(0, n, self.t_block):
+            t_part = slice_state(first, t0, t0 + self.t_block)
+            for v0 in range(0, self.n_videos, self.v_block):
+                v_part = slice_state(self.video, v0, v0 + self.v_block)
+                block = self.head.reference_score(t_part, v_part)  # (tb, vb)
+                if out is None:
+                    out = block.new_empty(n, self.n_videos)
+                out[t0 : t0 + block.shape[0], v0 : v0 + block.shape[1]] = block
+        assert out is not None
+        return out
 
 
-def build_case(method: str, args: argparse.Namespace) -> Case:
-    """States and scorers of ``method`` at the sizes in ``args`` (deterministic in the seed)."""
-    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+def make_case(
+    name: str,
+    head: RetrievalHead,
+    text: State,
+    video: State,
+    args: argparse.Namespace,
+    frames: int,
+    notes: list[str],
+) -> Case:
+    """The block layout, timed texts and costs of ``head`` on these states."""
     budget = int(args.budget_mb * MIB)
-    words, frames, dim = args.words, args.frames, args.dim
-    notes: list[str] = []
-
-    if method == "gallery":
-        gen = torch.Generator().manual_seed(args.seed + 2)
-        text = {"sentence": F.normalize(torch.randn(args.texts, dim, generator=gen), dim=-1)}
-        video = {"video": F.normalize(torch.randn(args.gallery_videos, dim, generator=gen), dim=-1)}
-        text, video = to_device(text, device, dtype), to_device(video, device, dtype)
-        head: RetrievalHead = MeanPHead().eval()
-        notes.append("cached gallery of unit video embeddings; CenterCLIP's is meanP's")
-        return _matmul_case(GALLERY_METHOD, head, text, video, budget, notes)
-
-    raw = random_inputs(args.texts, args.videos, words, frames, dim, args.seed)
-    features = TextFeatures(raw["sentence"], raw["words"], raw["attention_mask"])
-    if method in ("meanp", "centerclip"):
-        head = MeanPHead().eval()
-        if method == "centerclip":
-            notes.append("video state = meanP's over segment embeddings")
-    elif method == "xpool":
-        head = perturb(XPoolHead(dim), args.seed)
-    elif method == "glccl":
-        # The temporal encoder is part of the (cached) video state, not of scoring.
-        head = perturb(
-            GLCCLHead(dim, max_words=words, max_frames=frames, use_temporal=False), args.seed
-        )
-    else:
-        raise ValueError(f"unknown method {method!r}; choose from {METHODS}")
-    head = head.to(device=device, dtype=dtype)
-    raw = to_device(raw, device, dtype)
-    features = TextFeatures(raw["sentence"], raw["words"], raw["attention_mask"])
-    with torch.no_grad():
-        text = head.text_state(features)
-        video = head.video_state(raw["frame_emb"], raw["frame_mask"])
-
-    if method in ("meanp", "centerclip"):
-        return _matmul_case(method, head, text, video, budget, notes)
-
-    n_texts, n_videos = args.texts, args.videos
+    n_texts = next(iter(text.values())).shape[0]
+    n_videos = next(iter(video.values())).shape[0]
+    words, dim = args.words, args.dim
     t_block, v_block = block_sizes(n_texts, n_videos, head.pair_bytes(text, video), budget)
-
-    def fast(n: int) -> Tensor:
-        return chunked_score(head, slice_state(text, 0, n), video, budget)
-
-    if method == "xpool":
-
-        def reference(n: int) -> Tensor:
-            return xpool_reference_scores(
-                head, raw["sentence"][:n], raw["frame_emb"], raw["frame_mask"]
-            )
-
-        timed = n_texts
-        ref_flops = xpool_reference_pair_flops(words, frames, dim)
-    else:
-
-        def reference(n: int) -> Tensor:
-            out = torch.empty(n, n_videos, device=device)
-            for t0 in range(0, n, t_block):
-                t_part = slice_state(text, t0, min(n, t0 + t_block))
-                for v0 in range(0, n_videos, v_block):
-                    v_part = slice_state(video, v0, v0 + v_block)
-                    block = glccl_reference_scores(head, t_part, v_part).mean(0)  # (tb, vb)
-                    out[t0 : t0 + block.shape[0], v0 : v0 + block.shape[1]] = block
-            return out
-
+    pair_flops = head.pair_flops(words, frames, dim)
+    ref_pair_flops = head.reference_pair_flops(words, frames, dim)
+    timed = n_texts
+    if 0 < args.subset_texts < n_texts and not is_plain_matmul(head, words, frames, dim):
         # Whole text blocks, at least one.
         timed = min(n_texts, max(t_block, math.ceil(args.subset_texts / t_block) * t_block))
-        ref_flops = glccl_reference_pair_flops(words, frames, dim)
         if timed < n_texts:
             notes.append(
                 f"timed on the first {timed}/{n_texts} texts ({math.ceil(timed / t_block)} of "
@@ -285,56 +388,58 @@ def build_case(method: str, args: argparse.Namespace) -> Case:
             )
     notes.append(f"blocks {t_block}x{v_block}")
     return Case(
-        method=method,
-        n_texts=n_texts,
-        n_videos=n_videos,
+        name=name,
+        head=head,
+        text=text,
+        video=video,
+        words=words,
+        frames=frames,
+        budget=budget,
         timed_texts=timed,
-        pair_flops=head.pair_flops(words, frames, dim),
-        ref_pair_flops=ref_flops,
-        head=head,
-        text=text,
-        video=video,
-        fast=fast,
-        reference=reference,
-        warmup_texts=min(n_texts, t_block),
+        pair_flops=pair_flops,
+        ref_pair_flops=pair_flops if ref_pair_flops is None else ref_pair_flops,
         t_block=t_block,
         v_block=v_block,
         notes=notes,
     )
 
 
-def _matmul_case(
-    method: str, head: RetrievalHead, text: State, video: State, budget: int, notes: list[str]
-) -> Case:
-    """meanP-style scoring: one matmul (chunked by the budget); the plain matmul = reference."""
-    n_texts, n_videos = text["sentence"].shape[0], video["video"].shape[0]
-    dim = text["sentence"].shape[1]
-    t_block, v_block = block_sizes(n_texts, n_videos, head.pair_bytes(text, video), budget)
+def build_case(method: str, head: RetrievalHead, args: argparse.Namespace) -> Case:
+    """``method``'s gallery at the sizes in ``args`` (deterministic in the seed)."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    raw = random_inputs(args.texts, args.videos, args.words, args.frames, args.dim, args.seed)
+    raw = {
+        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
+        for k, v in raw.items()
+    }
+    text = text_states(head, raw["sentence"], raw["words"], raw["attention_mask"])
+    video = video_states(head, raw["frame_emb"], raw["frame_mask"])
+    notes = [f"head {type(head).__name__}"]
+    return make_case(method, head, text, video, args, args.frames, notes)
 
-    def fast(n: int) -> Tensor:
-        return chunked_score(head, slice_state(text, 0, n), video, budget)
 
-    def reference(n: int) -> Tensor:
-        return text["sentence"][:n] @ video["video"].t()  # (n, Bv)
-
-    notes.append(f"blocks {t_block}x{v_block}")
-    return Case(
-        method=method,
-        n_texts=n_texts,
-        n_videos=n_videos,
-        timed_texts=n_texts,
-        pair_flops=head.pair_flops(0, 0, dim),
-        ref_pair_flops=dim,
-        head=head,
-        text=text,
-        video=video,
-        fast=fast,
-        reference=reference,
-        warmup_texts=min(n_texts, 64),
-        t_block=t_block,
-        v_block=v_block,
-        notes=notes,
+def build_gallery_case(methods: list[str], head: RetrievalHead, args: argparse.Namespace) -> Case:
+    """The large cached gallery of a dot-product head: ``--gallery-videos`` one-frame videos
+    (such a head's video state is one vector whatever N) against the run's texts."""
+    device, dtype = torch.device(args.device), DTYPES[args.dtype]
+    raw = random_inputs(args.texts, 1, args.words, 1, args.dim, args.seed)
+    gen = torch.Generator().manual_seed(args.seed + 2)
+    frames = F.normalize(torch.randn(args.gallery_videos, 1, args.dim, generator=gen), dim=-1)
+    frames = frames.to(device=device, dtype=dtype)
+    mask = torch.ones(args.gallery_videos, 1, dtype=torch.bool, device=device)
+    text = text_states(
+        head,
+        raw["sentence"].to(device=device, dtype=dtype),
+        raw["words"].to(device=device, dtype=dtype),
+        raw["attention_mask"].to(device),
     )
+    video = video_states(head, frames, mask)
+    notes = [
+        f"head {type(head).__name__}; cached gallery of one-frame videos, shared by "
+        f"{', '.join(methods)}"
+    ]
+    name = "_".join(methods) + GALLERY_SUFFIX
+    return make_case(name, head, text, video, args, 1, notes)
 
 
 # -------------------------------------------------------------------------- measuring
@@ -346,15 +451,19 @@ def synchronize(device: torch.device) -> None:
 
 
 def time_runs(
-    fn: Callable[[], Tensor], device: torch.device, repeats: int, cap_s: float
+    fn: Callable[[], Tensor],
+    device: torch.device,
+    repeats: int,
+    cap_s: float,
+    min_timed_s: float = FULL_SIZES["min_timed_s"],
 ) -> tuple[list[float], Tensor]:
     """Wall times of ``repeats`` runs (fewer once their sum passes ``cap_s``, at least one; more,
-    up to :data:`MAX_RUNS`, while their sum is under :data:`MIN_TIMED_S`) and the last output.
+    up to :data:`MAX_RUNS`, while their sum is under ``min_timed_s``) and the last output.
     The caller warms up first."""
     times: list[float] = []
     out: Tensor | None = None
-    # Short calls (milliseconds) repeat until MIN_TIMED_S has passed, for a stable median.
-    while len(times) < max(1, repeats) or (sum(times) < MIN_TIMED_S and len(times) < MAX_RUNS):
+    # Short calls (milliseconds) repeat until min_timed_s has passed, for a stable median.
+    while len(times) < max(1, repeats) or (sum(times) < min_timed_s and len(times) < MAX_RUNS):
         synchronize(device)
         start = time.perf_counter()
         out = fn()
@@ -423,37 +532,21 @@ def measure_peak_here(fn: Callable[[], Tensor], device: torch.device) -> dict[st
     return {"peak_bytes": (peak_kb - base_kb) * 1024, "how": how}
 
 
-def child_args(args: argparse.Namespace) -> list[str]:
-    """The size arguments to hand a measuring child process."""
-    return [
-        f"--device={args.device}",
-        f"--dtype={args.dtype}",
-        f"--texts={args.texts}",
-        f"--videos={args.videos}",
-        f"--words={args.words}",
-        f"--frames={args.frames}",
-        f"--dim={args.dim}",
-        f"--budget-mb={args.budget_mb}",
-        f"--gallery-videos={args.gallery_videos}",
-        f"--subset-texts={args.subset_texts}",
-        f"--seed={args.seed}",
-        f"--threads={args.threads}",
-    ]
-
-
-def measure_peak(method: str, kind: str, args: argparse.Namespace) -> tuple[float, str]:
-    """Peak memory (MiB) of one ``kind`` ("fast" or "reference") run of ``method`` on the timed
-    texts. CPU: in a fresh child process; CUDA: in this process. NaN and the reason on failure."""
-    if args.device.startswith("cuda"):
-        case = build_case(method, args)
-        fn = case.fast if kind == "fast" else case.reference
+def measure_peak(
+    case: Case, kind: str, args: argparse.Namespace, case_file: Path
+) -> tuple[float, str]:
+    """Peak memory (MiB) of one ``kind`` ("fast" or "reference") run of ``case`` on
+    ``case.peak_texts`` texts and how it was measured. CPU: in a fresh child process that loads
+    ``case_file`` (unless ``--quick``); CUDA: in this process. NaN and the reason on failure."""
+    fn = case.fast if kind == "fast" else case.reference
+    if args.device.startswith("cuda") or args.quick:
         with torch.no_grad():
             result = measure_peak_here(lambda: fn(case.peak_texts), torch.device(args.device))
-        return result["peak_bytes"] / MIB, result["how"]
-    cmd = [sys.executable, str(Path(__file__).resolve()), *child_args(args)]
-    cmd += [f"--measure-peak={method}:{kind}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        how = result["how"] + (" in this process (--quick)" if args.quick else "")
+        return result["peak_bytes"] / MIB, how
+    cmd = [sys.executable, str(Path(__file__).resolve()), f"--threads={args.threads}"]
+    cmd += [f"--device={args.device}", f"--measure-peak={case_file}:{kind}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
@@ -462,10 +555,16 @@ def measure_peak(method: str, kind: str, args: argparse.Namespace) -> tuple[floa
     return result["peak_bytes"] / MIB, result["how"]
 
 
+def save_case(case: Case, path: Path) -> None:
+    """The head (pickled) and the states of ``case``, for a measuring child."""
+    fields = {k: getattr(case, k) for k in Case.__dataclass_fields__}
+    torch.save(fields, path)
+
+
 def child_main(spec: str, args: argparse.Namespace) -> int:
-    """Body of a measuring child: build the case, score once, print the peak as JSON."""
-    method, kind = spec.split(":")
-    case = build_case(method, args)
+    """Body of a measuring child: load the case, score once, print the peak as JSON."""
+    path, _, kind = spec.rpartition(":")
+    case = Case(**torch.load(path, weights_only=False))
     fn = case.fast if kind == "fast" else case.reference
     with torch.no_grad():
         result = measure_peak_here(lambda: fn(case.peak_texts), torch.device(args.device))
@@ -489,24 +588,33 @@ def counted_flops(case: Case, n_texts: int, n_videos: int) -> tuple[int, int]:
 # ------------------------------------------------------------------------------- run
 
 
-def run_case(method: str, args: argparse.Namespace, matmul_gflops: float) -> dict[str, Any]:
-    """Time, measure and check one method; returns its CSV row (plus printing extras)."""
+def run_case(
+    case: Case, args: argparse.Namespace, matmul_gflops: float, work_dir: Path
+) -> dict[str, Any]:
+    """Time, measure and check one case; returns its CSV row (plus printing extras)."""
     device = torch.device(args.device)
-    case = build_case(method, args)
     n = case.timed_texts
     scale = case.n_texts / n  # extrapolation to the full gallery
     with torch.no_grad():
         case.fast(case.warmup_texts)
-        fast_times, fast_out = time_runs(lambda: case.fast(n), device, args.repeats, args.cap_s)
+        fast_times, fast_out = time_runs(
+            lambda: case.fast(n), device, args.repeats, args.cap_s, args.min_timed_s
+        )
         case.reference(case.warmup_texts)
-        ref_times, ref_out = time_runs(lambda: case.reference(n), device, args.repeats, args.cap_s)
+        ref_times, ref_out = time_runs(
+            lambda: case.reference(n), device, args.repeats, args.cap_s, args.min_timed_s
+        )
         diff = (fast_out.float() - ref_out.float()).abs().max().item()
         small_t, small_v = min(4, case.n_texts), min(16, case.n_videos)
         counted, formula = counted_flops(case, small_t, small_v)
     del fast_out, ref_out
     gc.collect()
-    peak_mb, how = measure_peak(method, "fast", args)
-    ref_peak_mb, ref_how = measure_peak(method, "reference", args)
+    case_file = work_dir / f"{case.name}.pt"
+    if not (args.quick or device.type == "cuda"):
+        save_case(case, case_file)
+    peak_mb, how = measure_peak(case, "fast", args, case_file)
+    ref_peak_mb, ref_how = measure_peak(case, "reference", args, case_file)
+    case_file.unlink(missing_ok=True)
 
     time_s = statistics.median(fast_times) * scale
     ref_time_s = statistics.median(ref_times) * scale
@@ -521,11 +629,11 @@ def run_case(method: str, args: argparse.Namespace, matmul_gflops: float) -> dic
         notes.append(f"reference peak via {ref_how}")
     row = {
         "device": device.type,
-        "method": case.method,
+        "method": case.name,
         "n_texts": case.n_texts,
         "n_videos": case.n_videos,
-        "words": args.words,
-        "frames": args.frames,
+        "words": case.words,
+        "frames": case.frames,
         "dim": args.dim,
         "dtype": args.dtype,
         "time_s": time_s,
@@ -546,57 +654,49 @@ def run_case(method: str, args: argparse.Namespace, matmul_gflops: float) -> dic
     }
     row["_ref_gflops_per_s"] = ref_gflops_per_s
     row["_counted"] = (counted, formula, small_t, small_v)
+    row["_plain"] = is_plain_matmul(case.head, case.words, case.frames, args.dim)
+    row["_pair_flops"] = (case.pair_flops, case.ref_pair_flops, reference_note(case.head))
     return row
 
 
 def check_targets(row: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    """One line per target of the row's method: met, or missed with the measurement behind it."""
-    method, lines = row["method"], []
-    if method == "xpool":
-        ok = row["speedup"] >= 2.0
-        lines.append(
-            f"X-Pool speed-up {row['speedup']:.2f}x (target >= 2x): {'met' if ok else 'MISSED'}"
-        )
-        ok = row["mem_ratio"] <= 0.25
-        lines.append(
-            f"X-Pool peak {row['peak_mb']:.0f} MiB = {100 * row['mem_ratio']:.1f} % of the "
-            f"reference's {row['ref_peak_mb']:.0f} MiB (target <= 25 %): "
-            f"{'met' if ok else 'MISSED'}"
-        )
-    elif method == "glccl":
-        ok = row["speedup"] >= 3.0
-        lines.append(
-            f"GLCCL speed-up {row['speedup']:.2f}x (target >= 3x): {'met' if ok else 'MISSED'}"
-        )
+    """One line per target of the row: met, or missed with the measurement behind it."""
+    name, lines = row["method"], []
+    if not row["_plain"]:
         ok = row["peak_mb"] <= args.budget_mb
+        ratio = row["mem_ratio"]
+        share = f"{100 * ratio:.1f} %" if math.isfinite(ratio) else "(not comparable)"
         lines.append(
-            f"GLCCL peak {row['peak_mb']:.0f} MiB (budget {args.budget_mb:.0f} MiB): "
-            f"{'met' if ok else 'MISSED'}"
+            f"{name} speed-up {row['speedup']:.2f}x over its reference; peak "
+            f"{row['peak_mb']:.2f} MiB = {share} of the reference's {row['ref_peak_mb']:.2f} MiB "
+            f"(target: within the {args.budget_mb:g} MiB budget): {'met' if ok else 'MISSED'}"
         )
-    else:
-        ok = row["frac_of_matmul"] >= 0.7
-        line = (
-            f"{method} {row['gflops_per_s']:.1f} GFLOP/s = {100 * row['frac_of_matmul']:.0f} % "
-            f"of the matmul rate (target >= 70 %): {'met' if ok else 'MISSED'}"
+        return lines
+    ok = row["frac_of_matmul"] >= 0.7
+    line = (
+        f"{name} {row['gflops_per_s']:.1f} GFLOP/s = {100 * row['frac_of_matmul']:.0f} % "
+        f"of the matmul rate (target >= 70 %): {'met' if ok else 'MISSED'}"
+    )
+    if not ok:
+        plain = row["_ref_gflops_per_s"]
+        line += (
+            f" — {row['flops'] / 1e9:.2f} GFLOP in {1e3 * row['time_s']:.1f} ms. Its reference "
+            f"(the plain torch matmul of the same [{row['n_texts']}, {args.dim}] x "
+            f"[{args.dim}, {row['n_videos']}] shape) reaches {plain:.1f} GFLOP/s "
+            f"({100 * plain / row['matmul_gflops_per_s']:.0f} % of the "
+            f"{row['matmul_gflops_per_s']:.0f} GFLOP/s square product) in this run: the "
+            f"limit is the shape (a short call with a large output per FLOP), not the chunking"
         )
-        if not ok:
-            plain = row["_ref_gflops_per_s"]
-            line += (
-                f" — {row['flops'] / 1e9:.2f} GFLOP in {1e3 * row['time_s']:.1f} ms. The plain "
-                f"torch matmul of the same [{row['n_texts']}, {args.dim}] x [{args.dim}, "
-                f"{row['n_videos']}] shape reaches {plain:.1f} GFLOP/s "
-                f"({100 * plain / row['matmul_gflops_per_s']:.0f} % of the "
-                f"{row['matmul_gflops_per_s']:.0f} GFLOP/s square product) in this run: the "
-                f"limit is the shape (4 MB of output per 0.5 GFLOP, a short call), not the "
-                f"chunking; the large-gallery row is the one that can reach the target"
-            )
-        lines.append(line)
+        if not name.endswith(GALLERY_SUFFIX):
+            line += "; the large-gallery row is the one that can reach the target"
+    lines.append(line)
     return lines
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    width = max([26, *(len(r["method"]) + 2 for r in rows)])
     header = (
-        f"{'method':<26}{'time_s':>10}{'ref_s':>10}{'speedup':>9}{'peak_MiB':>10}"
+        f"{'method':<{width}}{'time_s':>10}{'ref_s':>10}{'speedup':>9}{'peak_MiB':>10}"
         f"{'ref_MiB':>10}{'mem':>7}{'GFLOP':>10}{'GFLOP/s':>9}{'ref_GF/s':>9}{'of_mm':>7}"
         f"{'max|diff|':>11}"
     )
@@ -604,10 +704,11 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['method']:<26}{r['time_s']:>10.4f}{r['ref_time_s']:>10.4f}{r['speedup']:>9.2f}"
-            f"{r['peak_mb']:>10.1f}{r['ref_peak_mb']:>10.1f}{r['mem_ratio']:>7.3f}"
-            f"{r['flops'] / 1e9:>10.2f}{r['gflops_per_s']:>9.1f}{r['_ref_gflops_per_s']:>9.1f}"
-            f"{100 * r['frac_of_matmul']:>6.0f}%{r['max_abs_diff_vs_ref']:>11.2e}"
+            f"{r['method']:<{width}}{r['time_s']:>10.4f}{r['ref_time_s']:>10.4f}"
+            f"{r['speedup']:>9.2f}{r['peak_mb']:>10.1f}{r['ref_peak_mb']:>10.1f}"
+            f"{r['mem_ratio']:>7.3f}{r['flops'] / 1e9:>10.2f}{r['gflops_per_s']:>9.1f}"
+            f"{r['_ref_gflops_per_s']:>9.1f}{100 * r['frac_of_matmul']:>6.0f}%"
+            f"{r['max_abs_diff_vs_ref']:>11.2e}"
         )
     print()
     for r in rows:
@@ -617,11 +718,23 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             f"{bt}x{bv}: flop_counter {counted:,} (matrix products) vs pair_flops x pairs "
             f"{formula:,} ({counted / formula:.3f}); {r['note']}"
         )
+    compared = [r for r in rows if r["_pair_flops"][0] != r["_pair_flops"][1]]
+    if compared:
+        print()
+        print(
+            f"per-pair multiply-adds at L = {args.words}, N = {args.frames}, D = {args.dim}, "
+            "fast vs reference (how the reference was counted):"
+        )
+    for r in compared:
+        fast, ref, note = r["_pair_flops"]
+        print(
+            f"  {r['method']}: {fast / 1e6:.4g} M vs {ref / 1e6:.4g} M ({ref / fast:.2f}x) — {note}"
+        )
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write the rows atomically: the documented columns, floats to 6 significant digits."""
-    from tvrbench.bench.runner import atomic_write_csv
+    from tvrbench.atomic import atomic_write_csv
 
     columns = COLUMNS + EXTRA_COLUMNS
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -633,47 +746,72 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="small sizes, finishes in seconds")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
+    )
+    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of the method YAMLs")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
-    p.add_argument("--texts", type=int, default=1004)
-    p.add_argument("--videos", type=int, default=1004)
-    p.add_argument("--words", type=int, default=64, help="L, max tokens per text")
-    p.add_argument("--frames", type=int, default=64, help="N, max frames per video")
-    p.add_argument("--dim", type=int, default=512, help="D, joint embedding width")
-    p.add_argument("--budget-mb", type=float, default=2048.0, help="scoring memory budget, MiB")
+    p.add_argument("--texts", type=int, default=None, help="Bt (1004)")
+    p.add_argument("--videos", type=int, default=None, help="Bv (1004)")
+    p.add_argument("--words", type=int, default=None, help="L, max tokens per text (64)")
+    p.add_argument("--frames", type=int, default=None, help="N, max frames per video (64)")
+    p.add_argument("--dim", type=int, default=None, help="D, joint embedding width (512)")
+    p.add_argument("--budget-mb", type=float, default=None, help="scoring memory budget, MiB")
     p.add_argument(
         "--gallery-videos",
         type=int,
-        default=100_000,
-        help="videos of the large cached meanP/CenterCLIP gallery (0: skip that row)",
+        default=None,
+        help="videos of the large cached gallery of dot-product heads (0: skip those rows)",
     )
     p.add_argument(
         "--subset-texts",
         type=int,
-        default=50,
-        help="GLCCL: time on the first whole text blocks covering this many texts, extrapolate",
+        default=None,
+        help="per-pair methods: time on the first whole text blocks covering this many texts, "
+        "extrapolate (0: time every text)",
     )
-    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
-    p.add_argument("--repeats", type=int, default=3, help="timed runs after the warm-up")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs after the warm-up")
+    p.add_argument("--cap-s", type=float, default=None, help="stop repeating once runs pass this")
+    p.add_argument("--min-timed-s", type=float, default=None, help="repeat short calls this long")
     p.add_argument(
-        "--cap-s", type=float, default=45.0, help="stop repeating once runs sum past this"
+        "--matmul-size", type=int, default=None, help="0: 4096 on CPU, 8192 on CUDA (256 quick)"
     )
-    p.add_argument("--matmul-size", type=int, default=0, help="0: 4096 on CPU, 8192 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV (default benchmarks/results/scoring-<dev>.csv)")
     p.add_argument("--measure-peak", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.measure_peak:
+        return args
+    for name, value in (QUICK_SIZES if args.quick else FULL_SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("texts", "videos", "words", "frames", "dim"):
         if getattr(args, name) < 1:
             p.error(f"--{name} must be at least 1")
-    unknown = set(args.methods.split(",")) - set(METHODS)
-    if unknown:
-        p.error(f"unknown method(s) {sorted(unknown)}; choose from {','.join(METHODS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
+    config_dir = Path(args.config_dir)
+    methods, unknown = resolve_methods(args.methods, config_dir)
+    if unknown or not methods:
+        known = ", ".join(config_names(config_dir)) or "none"
+        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
+    args.method_list = methods
+    args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
     return args
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Where the CSV goes without ``--out``: the committed results, or outputs/ for --quick."""
+    device_type = torch.device(args.device).type
+    if args.quick:
+        return ROOT / "outputs" / "benchmarks" / f"scoring-{device_type}-quick.csv"
+    return ROOT / "benchmarks" / "results" / f"scoring-{device_type}.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -690,19 +828,44 @@ def main(argv: list[str] | None = None) -> int:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(
         f"device {name}, {torch.get_num_threads()} threads, torch {torch.__version__}, "
-        f"dtype {args.dtype}; dense matmul {size}^3: {matmul:.1f} GFLOP/s (multiply-adds)"
+        f"dtype {args.dtype}; dense matmul {size}^3: {matmul:.1f} GFLOP/s (multiply-adds); "
+        f"{args.texts}x{args.videos} pairs, L = {args.words}, N = {args.frames}, D = {args.dim}; "
+        f"methods {','.join(args.method_list)} (configs in {args.config_dir})",
+        flush=True,
     )
-    methods = [m for m in METHODS if m in args.methods.split(",")]
-    if args.gallery_videos <= 0 and "gallery" in methods:
-        methods.remove("gallery")
-    rows = []
-    for method in methods:
-        t0 = time.perf_counter()
-        rows.append(run_case(method, args, matmul))
-        print(f"  {rows[-1]['method']}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+    rows: list[dict[str, Any]] = []
+    skipped: list[str] = []
+    galleries: dict[type, tuple[list[str], RetrievalHead]] = {}
+    with tempfile.TemporaryDirectory(prefix="tvrbench-scoring-") as tmp:
+        work_dir = Path(tmp)
+        clip_dir = random_clip_dir(work_dir, args.dim, args.words)
+        for method in args.method_list:
+            t0 = time.perf_counter()
+            try:
+                head = build_head(method, args, clip_dir)
+                case = build_case(method, head, args)
+            except Exception as err:  # a module that cannot be built here is skipped
+                print(f"  skipped {method}: {type(err).__name__}: {err}", flush=True)
+                skipped.append(method)
+                continue
+            rows.append(run_case(case, args, matmul, work_dir))
+            if is_plain_matmul(head, args.words, args.frames, args.dim):
+                galleries.setdefault(type(head), ([], head))[0].append(method)
+            del case
+            gc.collect()
+            print(f"  {method}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+        if args.gallery_videos > 0:
+            for methods, head in galleries.values():
+                t0 = time.perf_counter()
+                case = build_gallery_case(methods, head, args)
+                rows.append(run_case(case, args, matmul, work_dir))
+                del case
+                gc.collect()
+                print(f"  {rows[-1]['method']}: done in {time.perf_counter() - t0:.1f} s")
     print()
-    print_table(rows, args)
-    print()
+    if rows:
+        print_table(rows, args)
+        print()
     tol = TOLERANCE[args.dtype]
     failed = [r["method"] for r in rows if not r["max_abs_diff_vs_ref"] <= tol]
     for r in rows:
@@ -712,13 +875,14 @@ def main(argv: list[str] | None = None) -> int:
         f"numerics: fast == reference within {tol:g} (max abs diff) for "
         + ("every method" if not failed else f"all but {failed} — FAILED")
     )
-    out = (
-        Path(args.out)
-        if args.out
-        else ROOT / "benchmarks" / "results" / f"scoring-{device.type}.csv"
-    )
+    if skipped:
+        print(f"skipped (module cannot be built here): {','.join(skipped)}")
+    out = Path(args.out) if args.out else default_out(args)
     write_csv(rows, out)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s in all)")
+    if args.named and skipped:
+        print(f"error: no measurement for {','.join(skipped)}", file=sys.stderr)
+        return 1
     return 1 if failed else 0
 
 

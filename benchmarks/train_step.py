@@ -1,7 +1,9 @@
 """Training-step cost of every method on the tiny default benchmark: time, peak memory, eval pass.
 
-For each method (tiny configs in ``configs/method/<name>.yaml``) a fresh child process builds the
-module on the tiny random CLIP, so its peak memory is that method's alone, then
+For each method (a config ``<name>.yaml`` in ``--config-dir``, default ``configs/method``; see
+:func:`default_methods` for which run without ``--methods``) a fresh child process builds the
+module from the config's ``class_path`` and ``init_args`` on its backbone (``clip: tiny`` in the
+tiny configs), so its peak memory is that method's alone, then
 
 * trains on one synthetic batch shaped like the tiny default's data (``--batch-size`` 64 videos of
   up to 18 frames of 32×32, one frame per 5-second moment; real lengths 1–18 drawn with the
@@ -24,13 +26,22 @@ activations and gradients; CUDA — the same two columns hold ``torch.cuda.max_m
 growth during build + training and the allocation after the imports (0 in a fresh process).
 
 Every method sees the same batch (same seed). ``params`` counts trainable parameters; ``threads``
-is ``torch.get_num_threads()`` in the child.
+is ``torch.get_num_threads()`` in the child. Nothing here knows a method by name: ``--frames`` and
+``--words`` are handed to a module as ``max_frames``/``max_words`` when its constructor takes them
+(tables sized to the data, as ``tvrbench bench`` does; :func:`build_from_config`).
+A config whose module cannot be built (its class cannot be imported, its backbone is not on this
+machine, its constructor refuses the arguments) is skipped with the reason; the exit status is 1
+only when such a method was asked for by name.
+
+``--quick``: batch 4, 2 timed steps, an eval pass of 16 (batches of 8), written to
+``outputs/benchmarks/train-step-<device>-quick.csv`` unless ``--out`` says otherwise (the
+committed results are full runs); a size given explicitly wins over ``--quick``.
 
 Usage::
 
-    .venv/bin/python benchmarks/train_step.py [--batch-size 64] [--steps 20]
-        [--methods meanp,xpool,centerclip,glccl] [--threads N] [--device cpu|cuda]
-        [--eval-size 1000] [--out benchmarks/results/train-step-<device>.csv]
+    .venv/bin/python benchmarks/train_step.py [--quick] [--batch-size 64] [--steps 20]
+        [--methods NAME[,NAME...]] [--config-dir configs/method] [--threads N]
+        [--device cpu|cuda] [--eval-size 1000] [--out benchmarks/results/train-step-<device>.csv]
 """
 
 from __future__ import annotations
@@ -48,7 +59,10 @@ from typing import Any
 # child (``run_child``), so that the baseline memory after imports is measured there.
 
 ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("meanp", "xpool", "centerclip", "glccl")
+CONFIG_DIR = ROOT / "configs" / "method"
+#: Presentation order of the methods known when this was written; any other config follows
+#: alphabetically. Only the order of the rows depends on it.
+PREFERRED_ORDER = ("meanp", "centerclip", "xpool", "xclip", "glscl", "glccl")
 COLUMNS = [
     "device",
     "method",
@@ -68,12 +82,66 @@ COLUMNS = [
 ]
 WARMUP_STEPS = 3
 MIB = 1024**2
+#: Sizes of a run without ``--quick`` and with it (an explicit flag wins over both).
+FULL_SIZES = {"batch_size": 64, "steps": 20, "eval_size": 1000, "eval_batch_size": 128}
+QUICK_SIZES = {"batch_size": 4, "steps": 2, "eval_size": 16, "eval_batch_size": 8}
+#: Exit status of a child whose module cannot be built (the method is skipped, not failed).
+EXIT_CANNOT_BUILD = 3
 SENTENCES_PER_PARAGRAPH = (2, 4)  # inclusive range, as the synthetic generator's paragraphs
 WORDS_PER_SENTENCE = (5, 9)  # inclusive range, the lengths of its sentence templates
 
 
 class TrainStepBenchError(RuntimeError):
     """A method's measuring child failed, or the inputs cannot be used."""
+
+
+class CannotBuildError(TrainStepBenchError):
+    """A method's module cannot be built here (the method is skipped)."""
+
+
+# --------------------------------------------------------------------------------- methods
+
+
+def config_names(config_dir: Path) -> list[str]:
+    """Stems of the ``*.yaml`` files in ``config_dir``, sorted."""
+    return sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
+
+
+def method_order(names: list[str]) -> list[str]:
+    """``names`` in :data:`PREFERRED_ORDER`, the rest after them alphabetically."""
+    rank = {name: i for i, name in enumerate(PREFERRED_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
+
+
+def default_methods(config_dir: Path) -> list[str]:
+    """The methods a run without ``--methods`` measures: every config in ``config_dir`` except
+    variants, a config named ``<other config>_<suffix>`` (``meanp_published``,
+    ``glccl_no_csc``: another recipe or an ablation of that method; name them in ``--methods``
+    to measure them). Ordered by :func:`method_order`."""
+    names = config_names(config_dir)
+    bases = [n for n in names if not any(n.startswith(o + "_") for o in names if o != n)]
+    return method_order(bases)
+
+
+def resolve_methods(spec: str | None, config_dir: Path) -> tuple[list[str], list[str]]:
+    """``--methods`` (comma-separated; None or empty: :func:`default_methods`) → (the methods in
+    the order given, the names without a config in ``config_dir``)."""
+    if not spec:
+        return default_methods(config_dir), []
+    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
+    known = set(config_names(config_dir))
+    return names, [n for n in names if n not in known]
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a measuring child: this one, offline, with the import path this
+    process was given on top (so a method module found through ``sys.path`` here — a folder a
+    test added, say — is found there too; the interpreter's own folders are left out)."""
+    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
+    extra = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(prefixes)]
+    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = os.pathsep.join(dict.fromkeys([*extra, *inherited]))
+    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
 
 
 # ------------------------------------------------------------------------------ child side
@@ -94,16 +162,49 @@ def method_config(method: str, config_dir: Path) -> tuple[str, dict[str, Any]]:
 
 
 def build_module(method: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    """The method's module from its tiny config and the init args used; GLCCL's tables follow
-    ``--frames``/``--words``."""
+    """The method's module from its config, and the config's init args: ``--frames`` and
+    ``--words`` go in as ``max_frames``/``max_words`` where the constructor takes them.
+
+    Raises:
+        CannotBuildError: the class cannot be imported or the module cannot be constructed.
+    """
+    class_path, init_args = method_config(method, Path(args.config_dir))
+    overrides = {"max_frames": args.frames, "max_words": args.words}
+    try:
+        module = build_from_config(class_path, init_args, overrides)
+    except Exception as err:  # any failure to import or construct: the method is skipped
+        raise CannotBuildError(f"{method}: cannot build {class_path}: {err}") from err
+    return module, init_args
+
+
+def accepted_arguments(cls: type) -> set[str]:
+    """Constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy (a
+    method module passes its ``**kwargs`` on to ``RetrievalModule``)."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        params = inspect.signature(init).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    names.discard("self")
+    return names
+
+
+def build_from_config(class_path: str, init_args: dict[str, Any], overrides: dict[str, Any]):
+    """``class_path(**init_args)`` with ``overrides`` on top, each override only where the
+    constructor takes it (``max_frames`` means nothing to a method without a frame table)."""
     import importlib
 
-    class_path, init_args = method_config(method, Path(args.config_dir))
-    if method == "glccl":
-        init_args.update(max_frames=args.frames, max_words=args.words)
     module_name, _, class_name = class_path.rpartition(".")
     cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(**init_args), init_args
+    accepted = accepted_arguments(cls)
+    kept = {k: v for k, v in overrides.items() if k in accepted}
+    return cls(**{**init_args, **kept})
 
 
 def synthetic_batch(
@@ -226,7 +327,10 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     if str(ROOT) not in sys.path:  # make `baselines` importable
         sys.path.insert(0, str(ROOT))
     class_path, _ = method_config(method, Path(args.config_dir))
-    __import__(class_path.rpartition(".")[0])
+    try:  # imported before the baseline is read, so the baseline holds every import
+        __import__(class_path.rpartition(".")[0])
+    except Exception as err:
+        raise CannotBuildError(f"{method}: cannot import {class_path}: {err}") from err
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
@@ -305,25 +409,27 @@ def child_args(args: argparse.Namespace) -> list[str]:
 def measure(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Run ``method``'s child process; its last stdout line is the row as JSON."""
     cmd = [sys.executable, str(Path(__file__).resolve()), *child_args(args), f"--child={method}"]
-    env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
     lines = proc.stdout.strip().splitlines()
+    why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+    if proc.returncode == EXIT_CANNOT_BUILD:
+        raise CannotBuildError(why.removeprefix("error: "))
     if proc.returncode != 0 or not lines:
-        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
         raise TrainStepBenchError(f"{method}: measuring process failed: {why}")
     return json.loads(lines[-1])
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
+    width = max([12, *(len(r["method"]) + 2 for r in rows)])
     header = (
-        f"{'method':<12}{'params':>10}{'step_med_s':>12}{'step_p90_s':>12}{'steps/s':>9}"
+        f"{'method':<{width}}{'params':>10}{'step_med_s':>12}{'step_p90_s':>12}{'steps/s':>9}"
         f"{'peak_MiB':>10}{'base_MiB':>10}{'eval_s':>9}{'threads':>8}"
     )
     print(header)
     print("-" * len(header))
     for r in rows:
         print(
-            f"{r['method']:<12}{r['params']:>10,}{r['step_median_s']:>12.4f}"
+            f"{r['method']:<{width}}{r['params']:>10,}{r['step_median_s']:>12.4f}"
             f"{r['step_p90_s']:>12.4f}{r['steps_per_s']:>9.2f}{r['peak_rss_mib']:>10.1f}"
             f"{r['baseline_rss_mib']:>10.1f}{r['eval_1000_s']:>9.2f}{r['threads']:>8}"
         )
@@ -331,7 +437,7 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
     """Write the rows atomically: the documented columns, floats to 6 significant digits."""
-    from tvrbench.bench.runner import atomic_write_csv
+    from tvrbench.atomic import atomic_write_csv
 
     columns = COLUMNS
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -344,31 +450,53 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
-    p.add_argument("--batch-size", type=int, default=64, help="videos (and paragraphs) per step")
-    p.add_argument("--steps", type=int, default=20, help=f"timed steps ({WARMUP_STEPS} warm-up)")
-    p.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, finishes in seconds")
+    p.add_argument("--batch-size", type=int, default=None, help="videos (and paragraphs) per step")
+    p.add_argument("--steps", type=int, default=None, help=f"timed steps ({WARMUP_STEPS} warm-up)")
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
+    )
     p.add_argument("--frames", type=int, default=18, help="N, max frames per video")
     p.add_argument("--words", type=int, default=32, help="L, tokens per paragraph")
-    p.add_argument("--eval-size", type=int, default=1000, help="videos = texts of the eval pass")
-    p.add_argument("--eval-batch-size", type=int, default=128, help="encoding batch of the eval")
+    p.add_argument(
+        "--eval-size", type=int, default=None, help="videos = texts of the eval pass (1000)"
+    )
+    p.add_argument("--eval-batch-size", type=int, default=None, help="encoding batch of the eval")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config-dir", default=str(ROOT / "configs" / "method"), help="method YAMLs")
+    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of the method YAMLs")
     p.add_argument("--out", default=None, help="CSV (default results/train-step-<device>.csv)")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for name, value in (QUICK_SIZES if args.quick else FULL_SIZES).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     for name in ("batch_size", "steps", "frames", "words", "eval_size", "eval_batch_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
-    methods = [m for m in args.methods.split(",") if m]
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown or not methods:
-        p.error(f"unknown method(s) {unknown}; choose from {','.join(METHODS)}")
     if args.device.split(":")[0] not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda[:i], got {args.device!r}")
-    args.method_list = [m for m in METHODS if m in methods]
+    if args.child:
+        return args
+    config_dir = Path(args.config_dir)
+    methods, unknown = resolve_methods(args.methods, config_dir)
+    if unknown or not methods:
+        known = ", ".join(config_names(config_dir)) or "none"
+        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
+    args.method_list = methods
+    args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
     return args
+
+
+def default_out(args: argparse.Namespace) -> Path:
+    """Where the CSV goes without ``--out``: the committed results, or outputs/ for --quick."""
+    device_type = args.device.split(":")[0]
+    if args.quick:
+        return ROOT / "outputs" / "benchmarks" / f"train-step-{device_type}-quick.csv"
+    return ROOT / "benchmarks" / "results" / f"train-step-{device_type}.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -376,15 +504,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.child:
         try:
             print(json.dumps(run_child(args.child, args)))
+        except CannotBuildError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return EXIT_CANNOT_BUILD
         except TrainStepBenchError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
-    device_type = args.device.split(":")[0]
     print(
         f"training step on the tiny default: batch {args.batch_size}, <= {args.frames} frames, "
         f"{args.words} tokens; {WARMUP_STEPS} warm-up + {args.steps} timed steps; eval pass "
-        f"{args.eval_size} videos x {args.eval_size} texts; one process per method",
+        f"{args.eval_size} videos x {args.eval_size} texts; one process per method; methods "
+        f"{','.join(args.method_list)} (configs in {args.config_dir})",
         flush=True,
     )
     try:  # fail early, before any child starts, on a missing or malformed config
@@ -395,11 +526,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
-    rows, failed = [], []
+    rows, failed, skipped = [], [], []
     for method in args.method_list:
         t0 = time.perf_counter()
         try:
             rows.append(measure(method, args))
+        except CannotBuildError as err:
+            print(f"  skipped {err}", flush=True)
+            skipped.append(method)
+            continue
         except TrainStepBenchError as err:
             print(f"error: {err}", file=sys.stderr)
             failed.append(method)
@@ -414,15 +549,15 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['mean_frames']:.2f} real frames per video; memory = peak minus baseline after "
             f"imports ({'ru_maxrss' if r['device'] == 'cpu' else 'cuda max_memory_allocated'})"
         )
+    if skipped:
+        print(f"skipped (module cannot be built here): {','.join(skipped)}")
     # Other processes on the machine inflate times (the p90 first): the 1-minute load average.
     print(f"load average {load_before:.2f} before, {os.getloadavg()[0]:.2f} after")
-    out = (
-        Path(args.out)
-        if args.out
-        else ROOT / "benchmarks" / "results" / (f"train-step-{device_type}.csv")
-    )
+    out = Path(args.out) if args.out else default_out(args)
     write_csv(rows, out)
     print(f"wrote {out} ({time.perf_counter() - start:.0f} s in all)")
+    if args.named and skipped:
+        failed += skipped
     if failed:
         print(f"error: no measurement for {','.join(failed)}", file=sys.stderr)
         return 1

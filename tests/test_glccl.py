@@ -70,6 +70,8 @@ def test_efficient_scores_match_reference(mask_padding, length):
     for c in range(4):
         assert (fast[c] - ref[c]).abs().max() <= 1e-5, f"component {c}"
     assert torch.allclose(score, ref.mean(0), atol=1e-5, rtol=0)
+    with torch.no_grad():  # the head's reference scorer is the plain one, averaged
+        assert torch.equal(head.reference_score(t_state, v_state), ref.mean(0))
     # The four components are genuinely different quantities.
     assert (fast[0] - fast[3]).abs().max() > 1e-3
 
@@ -354,3 +356,83 @@ def test_method_configs_parse(name):
     cfg = parser.parse_args(["--config", str(path)])
     assert cfg.model.class_path == "tvrbench.glccl.GLCCLModule"
     assert cfg.model.init_args.csc_weight == 0.5
+
+
+# ------------------------------------------------------------------- ablation and recipe configs
+
+ABLATIONS = {
+    "glccl_no_csc": ("csc_weight", 0.0),
+    "glccl_no_temporal": ("use_temporal", False),
+    "glccl_reference_mask": ("mask_padding", False),
+}
+
+
+def _method_config(name: str) -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "method" / f"{name}.yaml"
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("ablation", sorted(ABLATIONS))
+@pytest.mark.parametrize("recipe", ["", "_published"])
+def test_ablation_configs_change_exactly_one_value(ablation, recipe):
+    """Each ablation is a full config equal to its base (glccl.yaml / glccl_published.yaml) but
+    for one value: no new code path."""
+    base, config = _method_config(f"glccl{recipe}"), _method_config(f"{ablation}{recipe}")
+    key, value = ABLATIONS[ablation]
+    assert config["model"]["class_path"] == base["model"]["class_path"]
+    args, base_args = config["model"]["init_args"], base["model"]["init_args"]
+    assert args[key] == value != base_args[key]
+    assert {k: v for k, v in args.items() if k != key} == {
+        k: v for k, v in base_args.items() if k != key
+    }
+    assert set(config) == set(base) == {"model"}
+
+
+def test_glccl_configs_name_their_temporal_initialisation():
+    for name in ("glccl", *ABLATIONS):
+        assert _method_config(name)["model"]["init_args"]["temporal_init"] == "identity"
+        published = _method_config(f"{name}_published")["model"]["init_args"]
+        assert published["temporal_init"] == "clip_text"
+        assert published["max_frames"] <= 77  # positions from CLIP's 77 text positions
+
+
+@pytest.mark.parametrize(
+    ("method", "source"),
+    [
+        ("meanp", "ArrowLuo/CLIP4Clip"),
+        ("xpool", "layer6ai-labs/xpool"),
+        ("centerclip", "mzhaoshuai/CenterCLIP"),
+        ("glccl", "JingXiaolun/GLCCL"),
+        *[(name, "JingXiaolun/GLCCL") for name in ABLATIONS],
+    ],
+)
+def test_published_configs_cite_their_source_and_hold_only_recipe_sections(method, source):
+    """A published config: the model section, and optionally trainer and data sections (data
+    only as init_args, so it overrides the composed data config) where the paper differs."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "method" / f"{method}_published.yaml"
+    comments = " ".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert source in comments
+    config = _method_config(f"{method}_published")
+    assert set(config) <= {"model", "trainer", "data"}
+    assert set(config["model"]) == {"class_path", "init_args"}
+    assert config["model"]["init_args"]["clip"] == "openai/clip-vit-base-patch32"
+    if "data" in config:
+        assert set(config["data"]) == {"init_args"}
+    spec = {  # SPEC §2.7
+        "meanp": ({"max_epochs": 5}, {"batch_size": 128}, (1e-4, 1e-7, 1e-6)),
+        "xpool": ({"max_epochs": 5}, {"max_frames": 12, "batch_size": 32}, (1e-5, 1e-6, 1e-6)),
+        "centerclip": ({"max_epochs": 8}, {"max_frames": 64, "max_words": 77}, (1e-2, 1e-5, 1e-6)),
+    }.get(method, ({}, {}, (1e-4, 1e-7, 1e-6)))
+    trainer, data, (lr, backbone_lr, eps) = spec
+    assert config.get("trainer", {}) == trainer
+    assert config.get("data", {}).get("init_args", {}) == data
+    args = config["model"]["init_args"]
+    assert (args["lr"], args["backbone_lr"], args["eps"], args["weight_decay"]) == (
+        lr, backbone_lr, eps, 0.2,
+    )  # fmt: skip

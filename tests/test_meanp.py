@@ -65,6 +65,17 @@ def test_meanp_pair_flops_is_one_dot_product():
     assert MeanPHead.pair_flops(num_words=32, num_frames=64, dim=512) == 512
 
 
+def test_meanp_reference_is_the_plain_matmul():
+    """meanP's fast scorer already is the formula: the reference is the default (``score``),
+    at the same cost."""
+    sentence = torch.randn(3, 16, generator=torch.Generator().manual_seed(0))
+    frames, mask = random_frames(4, 5, 16, seed=1)
+    head = MeanPHead()
+    text, video = head.text_state(text_features(sentence)), head.video_state(frames, mask)
+    assert torch.equal(head.reference_score(text, video), text["sentence"] @ video["video"].t())
+    assert MeanPHead.reference_pair_flops(32, 64, 512) is None
+
+
 # ------------------------------------------------------------------------------ the module
 
 

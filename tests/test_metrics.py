@@ -7,18 +7,20 @@ import doctest
 import numpy as np
 import pytest
 import torch
-from torchmetrics.utilities.data import dim_zero_sum
 
 import tvrbench.metrics as M
 from tvrbench.metrics import (
+    BOOTSTRAP_KEYS,
+    MDR_CONVENTION,
+    V2T_CONVENTIONS,
     NonFiniteScoresError,
-    RetrievalRankMetrics,
-    TextToVideoRankMetrics,
-    VideoToTextRankMetrics,
     bootstrap_ci,
+    bootstrap_indices,
+    paired_two_level_bootstrap,
     retrieval_metrics,
     summarize_ranks,
     text_to_video_ranks,
+    two_level_bootstrap_ci,
     video_to_text_ranks,
 )
 
@@ -211,17 +213,13 @@ def test_median_rank_follows_numpy_for_odd_and_even_counts(n):
     ranks = np.random.default_rng(n).integers(1, 200, n)
     got = summarize_ranks(torch.from_numpy(ranks))
     assert got["MdR"] == float(np.median(ranks))
-    metric = RetrievalRankMetrics(max_rank=200)
-    metric.update(torch.from_numpy(ranks))
-    assert metric.compute()["MdR"] == float(np.median(ranks))
+    assert "numpy" in MDR_CONVENTION and "two middle" in MDR_CONVENTION
 
 
-@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")
 def test_summary_of_no_queries_is_nan_with_zero_count():
     out = summarize_ranks(torch.zeros(0, dtype=torch.long))
     assert out["n_queries"] == 0
     assert all(np.isnan(out[k]) for k in KEYS[:-1])
-    assert RetrievalRankMetrics(max_rank=3).compute()["n_queries"] == 0
 
 
 # ------------------------------------------------------------------------------------- errors
@@ -237,7 +235,7 @@ def test_non_finite_scores_raise(bad):
             fn(sim)
     assert issubclass(NonFiniteScoresError, ValueError)
     with pytest.raises(NonFiniteScoresError):
-        TextToVideoRankMetrics(num_videos=5).update(sim, torch.arange(5))
+        video_to_text_ranks(sim, v2t="reference")
 
 
 def test_shape_and_map_errors_are_clear():
@@ -262,61 +260,59 @@ def test_shape_and_map_errors_are_clear():
         retrieval_metrics(sim, torch.tensor([0, 1, 2, 0]), video_subset=torch.ones(3))
     with pytest.raises(ValueError, match="1-based"):
         summarize_ranks(torch.tensor([0, 1]))
-    with pytest.raises(ValueError, match="max_rank"):
-        RetrievalRankMetrics(max_rank=5).update(torch.tensor([6]))
+    with pytest.raises(ValueError, match="unknown v2t"):
+        video_to_text_ranks(sim, torch.tensor([0, 1, 2, 0]), v2t="max")
+    with pytest.raises(ValueError, match="no text"):
+        video_to_text_ranks(sim, torch.tensor([0, 0, 1, 1]), v2t="reference")
 
 
-# ------------------------------------------------------------------------------- torchmetrics
+# ------------------------------------------------------------------ v2t reference convention
 
 
-def test_metric_classes_equal_functional_results():
-    sim, t2v = random_case(8, 50, 3, 1)
+def ref_v2t_reference(sim: np.ndarray, t2v: np.ndarray) -> np.ndarray:
+    """Max over each video's captions first (CLIP4Clip / X-Pool), then rank with ties against."""
+    n_video = sim.shape[1]
+    reduced = np.stack([sim[t2v == k].max(axis=0) for k in range(n_video)])  # (Nv caps, Nv)
+    ranks = []
+    for j in range(n_video):
+        own = reduced[j, j]
+        ranks.append(1 + sum(1 for k in range(n_video) if k != j and reduced[k, j] >= own))
+    return np.array(ranks)
+
+
+@pytest.mark.parametrize(
+    ("seed", "n_video", "captions", "decimals"),
+    [(20, 30, 3, None), (21, 25, 4, 1), (22, 40, 2, 0), (23, 17, 5, None)],
+)
+def test_v2t_reference_equals_numpy_max_over_captions(seed, n_video, captions, decimals):
+    sim, t2v = random_case(seed, n_video, captions, decimals)
     sim_t, t2v_t = torch.from_numpy(sim), torch.from_numpy(t2v)
-    n_text, n_video = sim.shape
-    expected = retrieval_metrics(sim_t, t2v_t)
-
-    ranks = RetrievalRankMetrics(max_rank=n_video)
-    t2v_metric = TextToVideoRankMetrics(num_videos=n_video)
-    for rows in torch.arange(n_text).split(17):
-        ranks.update(text_to_video_ranks(sim_t[rows], t2v_t[rows]))
-        t2v_metric.update(sim_t[rows], t2v_t[rows])
-    assert_summary_equal(ranks.compute(), expected["t2v"])
-    assert_summary_equal(t2v_metric.compute(), expected["t2v"])
-
-    v2t_metric = VideoToTextRankMetrics(num_texts=n_text)
-    for cols in torch.arange(n_video).split(11):
-        v2t_metric.update(sim_t[:, cols], t2v_t, cols)
-    assert_summary_equal(v2t_metric.compute(), expected["v2t"])
+    expected = ref_v2t_reference(sim, t2v)
+    got = video_to_text_ranks(sim_t, t2v_t, v2t="reference")
+    np.testing.assert_array_equal(got.numpy(), expected)
+    np.testing.assert_array_equal(
+        video_to_text_ranks(sim_t.float(), t2v_t, v2t="reference").numpy(),
+        ref_v2t_reference(sim.astype(np.float32), t2v),
+    )
+    out = retrieval_metrics(sim_t, t2v_t, v2t="reference")
+    assert_summary_equal(out["v2t"], ref_summary(expected))
+    assert_summary_equal(out["t2v"], ref_summary(ref_t2v(sim, t2v)))  # t2v is unaffected
 
 
-@pytest.mark.filterwarnings("ignore:The ``compute`` method:UserWarning")
-def test_states_sum_across_simulated_ranks():
-    sim, t2v = random_case(9, 40, 2, 1)
-    sim_t, t2v_t = torch.from_numpy(sim), torch.from_numpy(t2v)
-    n_text, n_video = sim.shape
-    expected = retrieval_metrics(sim_t, t2v_t)["t2v"]
-    half = n_text // 2 + 1  # uneven halves
-
-    rank0, rank1 = TextToVideoRankMetrics(n_video), TextToVideoRankMetrics(n_video)
-    rank0.update(sim_t[:half], t2v_t[:half])
-    rank1.update(sim_t[half:], t2v_t[half:])
-    whole = TextToVideoRankMetrics(n_video)
-    whole.update(sim_t, t2v_t)
-
-    # Every state is declared SUM-reduced, and the sum of the shards' states is the whole's.
-    for name in ("hits", "rank_sum", "n_queries", "rank_hist"):
-        assert rank0._reductions[name] is dim_zero_sum
-        merged = getattr(rank0, name) + getattr(rank1, name)
-        torch.testing.assert_close(merged, getattr(whole, name))
-
-    summed = TextToVideoRankMetrics(n_video)
-    summed.merge_state({n: getattr(rank0, n) + getattr(rank1, n) for n in rank0._defaults})
-    assert_summary_equal(summed.compute(), expected)
-
-    rank0.merge_state(rank1)
-    assert_summary_equal(rank0.compute(), expected)
-    rank0.reset()
-    assert rank0.compute()["n_queries"] == 0
+def test_v2t_conventions_agree_with_one_caption_per_video_and_differ_with_several():
+    sim, t2v = random_case(24, 30, 1, 1)
+    sim_t = torch.from_numpy(sim)
+    assert torch.equal(
+        video_to_text_ranks(sim_t, torch.from_numpy(t2v)),
+        video_to_text_ranks(sim_t, torch.from_numpy(t2v), v2t="reference"),
+    )
+    # Video 0's only caption scores 0.5; video 1 has three captions above it: best-caption counts
+    # three rivals, the reference reduction counts one rival video.
+    sim = torch.tensor([[0.5, 0.0], [0.6, 0.9], [0.7, 0.8], [0.8, 0.7]])
+    t2v = torch.tensor([0, 1, 1, 1])
+    assert video_to_text_ranks(sim, t2v).tolist() == [4, 1]
+    assert video_to_text_ranks(sim, t2v, v2t="reference").tolist() == [2, 1]
+    assert set(V2T_CONVENTIONS) == {"best-caption", "reference"}
 
 
 # ----------------------------------------------------------------------------------- bootstrap
@@ -360,6 +356,182 @@ def test_bootstrap_rejects_bad_arguments():
         bootstrap_ci(torch.tensor([1, 2]), n_boot=0)
 
 
+# -------------------------------------------------------------------- two-level bootstrap
+
+
+def ref_stat(ranks: np.ndarray, key: str) -> float:
+    if key == "MdR":
+        return float(np.median(ranks))
+    if key == "MnR":
+        return float(np.mean(ranks))
+    return 100.0 * float(np.mean(ranks <= int(key[2:])))
+
+
+def ref_two_level(per_seed, seed_idx, query_idx, key, level=0.95):
+    """Plain nested loops over resamples and slots, on the module's resampling indices."""
+    n_boot, n_slots = seed_idx.shape
+    boots = []
+    for b in range(n_boot):
+        values = []
+        for slot in range(n_slots):
+            ranks = per_seed[seed_idx[b, slot]]
+            values.append(ref_stat(ranks[query_idx[b, slot]], key))
+        boots.append(np.mean(values))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.array(boots), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+def ref_paired(per_a, per_b, seed_idx, query_idx, key, level=0.95):
+    n_boot, n_slots = seed_idx.shape
+    boots = []
+    for b in range(n_boot):
+        diffs = []
+        for slot in range(n_slots):
+            q = query_idx[b, slot]
+            s = seed_idx[b, slot]
+            diffs.append(ref_stat(per_a[s][q], key) - ref_stat(per_b[s][q], key))
+        boots.append(np.mean(diffs))
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(np.array(boots), [alpha, 1.0 - alpha])
+    return float(lo), float(hi)
+
+
+@pytest.mark.parametrize(("n_seeds", "n_queries"), [(1, 9), (2, 10), (3, 7), (4, 1)])
+def test_two_level_bootstrap_matches_nested_loop_reference(n_seeds, n_queries):
+    rng = np.random.default_rng(40 + n_seeds)
+    per_seed = [rng.integers(1, 30, n_queries) for _ in range(n_seeds)]
+    n_boot, seed = 60, 7
+    seed_idx, query_idx = (t.numpy() for t in bootstrap_indices(n_seeds, n_queries, n_boot, seed))
+    assert seed_idx.shape == (n_boot, n_seeds) and query_idx.shape == (n_boot, n_seeds, n_queries)
+    if n_seeds > 1:
+        assert len(np.unique(seed_idx)) > 1  # seeds really are resampled
+    got = two_level_bootstrap_ci(per_seed, n_boot=n_boot, seed=seed)
+    assert list(got) == list(BOOTSTRAP_KEYS)
+    for key in BOOTSTRAP_KEYS:
+        expected = ref_two_level(per_seed, seed_idx, query_idx, key)
+        assert got[key] == pytest.approx(expected, rel=1e-12, abs=1e-12), key
+    # Same seed, same interval; a mapping seed -> ranks is read in sorted seed order.
+    assert two_level_bootstrap_ci(per_seed, n_boot=n_boot, seed=seed) == got
+    mapping = {10 * (n_seeds - i): r for i, r in enumerate(per_seed)}  # keys in reverse order
+    assert two_level_bootstrap_ci(mapping, n_boot=n_boot, seed=seed) == (
+        two_level_bootstrap_ci(per_seed[::-1], n_boot=n_boot, seed=seed)
+    )
+
+
+def test_two_level_bootstrap_does_not_depend_on_block_size(monkeypatch):
+    rng = np.random.default_rng(41)
+    per_seed = [torch.from_numpy(rng.integers(1, 50, 23)) for _ in range(3)]
+    whole = two_level_bootstrap_ci(per_seed, n_boot=50, seed=2)
+    indices = bootstrap_indices(3, 23, 50, seed=2)
+    monkeypatch.setattr(M, "_BOOT_ELEMENTS", 3 * 23 * 4)  # blocks of 4 resamples
+    assert two_level_bootstrap_ci(per_seed, n_boot=50, seed=2) == whole
+    for before, after in zip(indices, bootstrap_indices(3, 23, 50, seed=2)):
+        assert torch.equal(before, after)
+
+
+@pytest.mark.parametrize("n", [1, 2, 37, 300])
+def test_two_level_with_one_seed_is_the_query_bootstrap(n):
+    ranks = torch.from_numpy(np.random.default_rng(n).integers(1, 100, n))
+    for seed in (0, 5):
+        assert two_level_bootstrap_ci([ranks], n_boot=300, seed=seed) == bootstrap_ci(
+            ranks, n_boot=300, seed=seed
+        )
+        assert two_level_bootstrap_ci({3: ranks.numpy()}, n_boot=300, seed=seed) == bootstrap_ci(
+            ranks, n_boot=300, seed=seed
+        )
+
+
+def test_two_level_interval_widens_with_training_variance():
+    rng = np.random.default_rng(42)
+    good = rng.integers(1, 3, 200)
+    bad = rng.integers(2, 8, 200)
+    spread = two_level_bootstrap_ci([good, bad, good], n_boot=400, seed=0)["MnR"]
+    query_only = two_level_bootstrap_ci([good], n_boot=400, seed=0)["MnR"]
+    assert spread[1] - spread[0] > 3 * (query_only[1] - query_only[0])
+
+
+def test_two_level_rejects_bad_input():
+    with pytest.raises(ValueError, match="at least one seed"):
+        two_level_bootstrap_ci([])
+    with pytest.raises(ValueError, match="same queries"):
+        two_level_bootstrap_ci([[1, 2, 3], [1, 2]])
+    with pytest.raises(ValueError, match="at least one rank"):
+        two_level_bootstrap_ci([[], []])
+    with pytest.raises(ValueError, match="1-based"):
+        two_level_bootstrap_ci([[0, 1]])
+    with pytest.raises(ValueError, match="integers"):
+        two_level_bootstrap_ci([[1.5, 2.0]])
+    with pytest.raises(ValueError, match="unknown metric"):
+        two_level_bootstrap_ci([[1, 2]], keys=["MAP"])
+
+
+@pytest.mark.parametrize("key", ["R@1", "R@5", "MdR", "MnR"])
+def test_paired_bootstrap_matches_nested_loop_reference(key):
+    rng = np.random.default_rng(43)
+    seeds = [3, 1, 2]
+    per_a = {s: rng.integers(1, 12, 11) for s in seeds}
+    per_b = {s: rng.integers(1, 12, 11) for s in seeds}
+    n_boot, seed = 80, 4
+    got = paired_two_level_bootstrap(per_a, per_b, key, n_boot=n_boot, seed=seed)
+    assert got.seeds == (1, 2, 3) and got.n_queries == 11 and got.n_seeds == 3
+    seed_idx, query_idx = (t.numpy() for t in bootstrap_indices(3, 11, n_boot, seed))
+    ordered_a = [per_a[s] for s in (1, 2, 3)]
+    ordered_b = [per_b[s] for s in (1, 2, 3)]
+    lo, hi = ref_paired(ordered_a, ordered_b, seed_idx, query_idx, key)
+    assert got.lo == pytest.approx(lo, abs=1e-9) and got.hi == pytest.approx(hi, abs=1e-9)
+    per_seed = [ref_stat(a, key) - ref_stat(b, key) for a, b in zip(ordered_a, ordered_b)]
+    assert got.per_seed == pytest.approx(per_seed)
+    assert got.diff == pytest.approx(np.mean(per_seed))
+    sign = np.sign(got.diff)
+    assert got.seeds_held == sum(1 for d in per_seed if np.sign(d) == sign)
+
+
+def test_paired_bootstrap_pairs_queries_by_id_and_seeds_by_value():
+    rng = np.random.default_rng(44)
+    ids = np.arange(100, 130)
+    per_a = {0: rng.integers(1, 5, 30), 1: rng.integers(1, 5, 30)}
+    per_b = {0: rng.integers(1, 9, 30), 1: rng.integers(1, 9, 30), 7: rng.integers(1, 9, 30)}
+    base = paired_two_level_bootstrap(per_a, per_b, "R@1", n_boot=100, seed=1)
+    assert base.seeds == (0, 1)  # seed 7 has no partner
+    # b's queries come in another order, but with their ids: the same pairs, the same answer.
+    perm = rng.permutation(30)
+    shuffled_b = {s: r[perm] for s, r in per_b.items()}
+    by_id = paired_two_level_bootstrap(
+        per_a,
+        shuffled_b,
+        "R@1",
+        n_boot=100,
+        seed=1,
+        query_ids_a={s: ids for s in per_a},
+        query_ids_b={s: ids[perm] for s in shuffled_b},
+    )
+    assert (by_id.diff, by_id.lo, by_id.hi) == pytest.approx((base.diff, base.lo, base.hi))
+    with pytest.raises(ValueError, match="different query ids"):
+        paired_two_level_bootstrap(
+            per_a,
+            per_b,
+            query_ids_a={s: ids for s in per_a},
+            query_ids_b={s: ids + 1 for s in per_b},
+        )
+    with pytest.raises(ValueError, match="no seed in common"):
+        paired_two_level_bootstrap({0: [1, 2]}, {1: [1, 2]})
+    with pytest.raises(ValueError, match="same queries"):
+        paired_two_level_bootstrap({0: [1, 2]}, {0: [1, 2, 3]})
+
+
+def test_order_that_reverses_in_another_seed_is_not_a_finding():
+    # Seed 0: a clearly beats b over queries; seed 1: b clearly beats a.
+    a = {0: np.array([1] * 80 + [5] * 20), 1: np.array([1] * 20 + [5] * 80)}
+    b = {0: np.array([1] * 20 + [5] * 80), 1: np.array([1] * 70 + [5] * 30)}
+    one_seed = paired_two_level_bootstrap({0: a[0]}, {0: b[0]}, "R@1", n_boot=500, seed=0)
+    assert one_seed.excludes_zero and one_seed.lo > 0  # a finding with seed 0 alone
+    both = paired_two_level_bootstrap(a, b, "R@1", n_boot=500, seed=0)
+    assert both.diff == pytest.approx(5.0)  # (60 - 50) / 2
+    assert not both.excludes_zero and both.lo < 0 < both.hi
+    assert both.seeds_held == 1 and both.n_seeds == 2
+
+
 # ----------------------------------------------------------------------------- docs and device
 
 
@@ -378,6 +550,10 @@ def test_cuda_matches_cpu():
     assert cpu == gpu
     ranks = text_to_video_ranks(sim_t, t2v_t)
     assert bootstrap_ci(ranks, seed=2) == pytest.approx(bootstrap_ci(ranks.cuda(), seed=2))
-    metric = VideoToTextRankMetrics(num_texts=sim_t.shape[0]).cuda()
-    metric.update(sim_t.cuda(), t2v_t.cuda(), torch.arange(200, device="cuda"))
-    assert_summary_equal(metric.compute(), cpu["v2t"])
+    ref = video_to_text_ranks(sim_t, t2v_t, v2t="reference")
+    assert torch.equal(video_to_text_ranks(sim_t.cuda(), t2v_t.cuda(), v2t="reference").cpu(), ref)
+    per_seed = [ranks, ranks.flip(0)]
+    cpu_ci = two_level_bootstrap_ci(per_seed, n_boot=200, seed=3)
+    gpu_ci = two_level_bootstrap_ci([r.cuda() for r in per_seed], n_boot=200, seed=3)
+    for key in cpu_ci:
+        assert gpu_ci[key] == pytest.approx(cpu_ci[key]), key

@@ -13,9 +13,18 @@ import pytest
 import torch
 
 from tvrbench import metrics_cli
-from tvrbench.metrics import bootstrap_ci, retrieval_metrics, text_to_video_ranks
+from tvrbench.metrics import (
+    MDR_CONVENTION,
+    V2T_CONVENTIONS,
+    bootstrap_ci,
+    retrieval_metrics,
+    text_to_video_ranks,
+    video_to_text_ranks,
+)
 
 KEYS = ["R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "n_queries"]
+CONVENTION_KEYS = {"mdr_convention", "v2t_convention", "v2t_convention_description"}
+CONVENTION_KEYS |= {"tie_convention"}
 PREFIX = "tvrbench metrics: "
 
 
@@ -50,7 +59,10 @@ def test_json_output_matches_functional_core(case):
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
     out = json.loads(proc.stdout)  # the whole of stdout is one JSON object
-    assert set(out) == {"t2v", "v2t"}
+    assert set(out) == {"t2v", "v2t"} | CONVENTION_KEYS
+    assert out["mdr_convention"] == MDR_CONVENTION
+    assert out["v2t_convention"] == "best-caption"
+    assert out["v2t_convention_description"] == V2T_CONVENTIONS["best-caption"]
     expected = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(t2v))
     for direction in ("t2v", "v2t"):
         assert list(out[direction]) == KEYS
@@ -75,7 +87,7 @@ def test_text_maps_and_pt_input_give_the_same_result(case, capsys):
         retrieval_metrics(sim_t.float(), t2v_t)
     ]
     for result, expected in zip(results, expected_each):
-        assert set(result) == {"t2v", "v2t"}
+        assert set(result) == {"t2v", "v2t"} | CONVENTION_KEYS
         assert result["t2v"] == pytest.approx(expected["t2v"])
         assert result["v2t"] == pytest.approx(expected["v2t"])
 
@@ -90,6 +102,52 @@ def test_identity_map_and_table_output(tmp_path, capsys):
     t2v_row = lines[1].split()
     assert t2v_row[0] == "t2v" and float(t2v_row[1]) == 80.0 and t2v_row[-1] == "5"
     assert lines[2].split()[0] == "v2t"
+    assert f"MdR: {MDR_CONVENTION}" in lines
+    assert any(line.startswith("v2t: best-caption (") for line in lines)
+
+
+def ref_reference_v2t(sim: np.ndarray, t2v: np.ndarray) -> np.ndarray:
+    """Plain NumPy: each video's captions reduced to their max score, then rank (ties against)."""
+    n_video = sim.shape[1]
+    reduced = np.stack([sim[t2v == k].max(axis=0) for k in range(n_video)])  # (Nv, Nv)
+    own = np.diag(reduced)
+    return (reduced >= own[None, :]).sum(axis=0)  # own video included: the "1 +"
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_v2t_reference_option_equals_numpy_max_over_captions(tmp_path, capsys, seed):
+    rng = np.random.default_rng(seed)
+    n_video = 12
+    t2v = np.concatenate([np.arange(n_video), rng.integers(0, n_video, 3 * n_video)])
+    rng.shuffle(t2v)
+    sim = rng.normal(size=(len(t2v), n_video)).round(1)  # ties
+    sim[np.arange(len(t2v)), t2v] += 1.0
+    np.save(tmp_path / "sim.npy", sim)
+    np.save(tmp_path / "map.npy", t2v)
+    args = [str(tmp_path / "sim.npy"), "--text-to-video", str(tmp_path / "map.npy"), "--json"]
+    assert metrics_cli.main([*args, "--v2t", "reference"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    ranks = ref_reference_v2t(sim, t2v)
+    assert out["v2t"]["MnR"] == pytest.approx(ranks.mean())
+    assert out["v2t"]["MdR"] == float(np.median(ranks))
+    assert out["v2t"]["R@1"] == pytest.approx(100.0 * np.mean(ranks <= 1))
+    assert out["v2t_convention"] == "reference"
+    assert "max" in out["v2t_convention_description"]
+    expected_t2v = retrieval_metrics(torch.from_numpy(sim), torch.from_numpy(t2v))["t2v"]
+    assert out["t2v"] == pytest.approx(expected_t2v)
+    # The default counts every rival caption, so it can only rank a video lower.
+    default = video_to_text_ranks(torch.from_numpy(sim), torch.from_numpy(t2v)).numpy()
+    assert (default >= ranks).all()
+    assert metrics_cli.main([*args[:3], "--v2t", "reference"]) == 0
+    assert "v2t: reference (" in capsys.readouterr().out
+
+
+def test_unknown_v2t_convention_is_a_usage_error(case, capsys):
+    tmp, _, _ = case
+    with pytest.raises(SystemExit) as exc:
+        metrics_cli.main([str(tmp / "sim.npy"), "--v2t", "max"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
 
 
 def test_bootstrap_adds_intervals(case, capsys):
@@ -97,7 +155,7 @@ def test_bootstrap_adds_intervals(case, capsys):
     args = [str(tmp / "sim.npy"), "--text-to-video", str(tmp / "map.npy"), "--json"]
     assert metrics_cli.main([*args, "--bootstrap", "200", "--seed", "5"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert set(out) == {"t2v", "v2t", "ci"}
+    assert set(out) == {"t2v", "v2t", "ci"} | CONVENTION_KEYS
     assert list(out["t2v"]) == KEYS
     ranks = text_to_video_ranks(torch.from_numpy(sim), torch.from_numpy(t2v))
     expected = bootstrap_ci(ranks, n_boot=200, seed=5)

@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from baselines.meanp import MeanPHead
-from baselines.xpool import XPoolHead, xpool_reference_scores
+from baselines.xpool import XPoolHead
 from tvrbench.backbone import TextFeatures
 from tvrbench.chunking import block_sizes, chunked_score
-from tvrbench.glccl import GLCCLHead, glccl_reference_scores
+from tvrbench.glccl import GLCCLHead
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scoring.py"
@@ -57,9 +57,7 @@ def _reference(name: str, head, x, text, video) -> torch.Tensor:
         v = (f * m).sum(1) / m.sum(1)
         v = v / np.linalg.norm(v, axis=1, keepdims=True)
         return torch.from_numpy(t @ v.T)
-    if name == "xpool":
-        return xpool_reference_scores(head, x["sentence"], x["frame_emb"], x["frame_mask"])
-    return glccl_reference_scores(head, text, video).mean(0)
+    return head.reference_score(text, video)
 
 
 def _head(name: str):
@@ -152,10 +150,68 @@ def test_benchmark_inputs_and_flop_formulas():
     text = head.text_state(TextFeatures(y["sentence"], y["words"], y["attention_mask"]))
     video = head.video_state(y["frame_emb"], y["frame_mask"])
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        glccl_reference_scores(head, text, video)
+        head.reference_score(text, video)
     counted = counter.get_total_flops() // 2
-    formula = bench.glccl_reference_pair_flops(L, N, D) * BT * BV
+    formula = head.reference_pair_flops(L, N, D) * BT * BV
     assert 0.85 * formula <= counted <= formula
+
+
+def test_plain_matmul_heads_and_reference_notes():
+    """The large-gallery row goes to heads whose pair is one dot product, decided from the head;
+    the reference's counting note comes from the head."""
+    bench = _load_benchmark()
+    assert bench.is_plain_matmul(MeanPHead(), L, N, D)
+    assert not bench.is_plain_matmul(_head("xpool"), L, N, D)
+    assert not bench.is_plain_matmul(_head("glccl"), L, N, D)
+    assert bench.reference_note(_head("glccl")).startswith("Multiply-adds per pair")
+    head = MeanPHead()
+    head.reference_note = "counted by hand"
+    assert bench.reference_note(head) == "counted by hand"
+
+
+def test_method_discovery_skips_variants(tmp_path):
+    """Without --methods: every config but ``<config>_<suffix>`` variants, known methods first;
+    with --methods: the given order, unknown names reported."""
+    bench = _load_benchmark()
+    for name in ("glccl", "glccl_no_csc", "meanp", "meanp_published", "my_method", "xpool"):
+        (tmp_path / f"{name}.yaml").write_text("model: {class_path: a.B}\n")
+    from benchmarks.train_step import default_methods, resolve_methods
+
+    assert default_methods(tmp_path) == ["meanp", "xpool", "glccl", "my_method"]
+    assert resolve_methods(None, tmp_path) == (["meanp", "xpool", "glccl", "my_method"], [])
+    assert resolve_methods("glccl_no_csc,meanp,nope", tmp_path) == (
+        ["glccl_no_csc", "meanp", "nope"],
+        ["nope"],
+    )
+    args = bench.parse_args(["--quick", f"--config-dir={tmp_path}"])
+    assert args.method_list == ["meanp", "xpool", "glccl", "my_method"]
+    assert (args.texts, args.dim, args.budget_mb) == (24, 64, 0.25)
+    assert bench.default_out(args).parent == ROOT / "outputs" / "benchmarks"
+    assert bench.parse_args(["--quick", "--texts=5", f"--config-dir={tmp_path}"]).texts == 5
+    full = bench.parse_args([f"--config-dir={tmp_path}"])
+    assert (full.texts, full.words, full.dim) == (1004, 64, 512)
+    assert bench.default_out(full) == ROOT / "benchmarks" / "results" / "scoring-cpu.csv"
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--methods=nope", f"--config-dir={tmp_path}"])
+
+
+def test_quick_run_in_process_and_unbuildable_configs(tmp_path, capsys):
+    """--quick runs in seconds; a config whose module cannot be built is skipped and announced,
+    a failure only when it was asked for by name."""
+    bench = _load_benchmark()
+    config_dir = tmp_path / "configs"
+    config_dir.mkdir()
+    (config_dir / "meanp.yaml").write_text((ROOT / "configs/method/meanp.yaml").read_text())
+    (config_dir / "broken.yaml").write_text("model: {class_path: no_such_module.Module}\n")
+    out = tmp_path / "quick.csv"
+    common = ["--quick", f"--config-dir={config_dir}", f"--out={out}", "--gallery-videos=50"]
+    assert bench.main(common) == 0
+    assert "skipped broken" in capsys.readouterr().out
+    with out.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["method"] for r in rows] == ["meanp", "meanp" + bench.GALLERY_SUFFIX]
+    assert all(float(r["max_abs_diff_vs_ref"]) == 0 for r in rows)
+    assert bench.main([*common, "--methods=meanp,broken"]) == 1
 
 
 def _run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -171,7 +227,15 @@ def _run_script(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProces
 def test_benchmark_script_end_to_end(tmp_path):
     bench = _load_benchmark()
     # A 50 KiB budget cuts GLCCL's texts into blocks of one: timed on 3 of 8, extrapolated.
-    proc, out = _run_script(tmp_path, "--subset-texts", "3", "--budget-mb", "0.05")
+    proc, out = _run_script(
+        tmp_path,
+        "--subset-texts",
+        "3",
+        "--budget-mb",
+        "0.05",
+        "--methods",
+        "meanp,centerclip,xpool,glccl",
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "numerics: fast == reference" in proc.stdout and "FAILED" not in proc.stdout
     with out.open() as fh:
@@ -179,7 +243,8 @@ def test_benchmark_script_end_to_end(tmp_path):
         assert reader.fieldnames[: len(bench.COLUMNS)] == bench.COLUMNS
         rows = list(reader)
     methods = [r["method"] for r in rows]
-    assert methods == ["meanp", "centerclip", "xpool", "glccl", bench.GALLERY_METHOD]
+    gallery = "meanp_centerclip" + bench.GALLERY_SUFFIX  # one row for the head they share
+    assert methods == ["meanp", "centerclip", "xpool", "glccl", gallery]
     for r in rows:
         assert r["device"] == "cpu" and r["dtype"] == "fp32" and r["n_texts"] == "8"
         for key in ("time_s", "ref_time_s", "speedup", "peak_mb", "ref_peak_mb", "flops"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "train_step.py"
+CONFIGS = ROOT / "configs" / "method"
 # The documented columns, written out here rather than imported from the script.
 EXPECTED_COLUMNS = [
     "device",
@@ -41,11 +43,20 @@ def run_script(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[dict[str, str]]]:
-    out = tmp_path_factory.mktemp("train_step") / "train-step.csv"
+    """One run over a config folder of meanP, GLCCL, a variant of meanP and a config whose module
+    cannot be built, without ``--methods``: the default discovery measures meanP and GLCCL,
+    leaves the variant out and announces the skip."""
+    tmp = tmp_path_factory.mktemp("train_step")
+    config_dir = tmp / "configs"
+    config_dir.mkdir()
+    for name in ("glccl", "meanp", "meanp_published"):
+        (config_dir / f"{name}.yaml").write_text((CONFIGS / f"{name}.yaml").read_text())
+    (config_dir / "broken.yaml").write_text("model: {class_path: no_such_module.Module}\n")
+    out = tmp / "train-step.csv"
     proc = run_script(
         "--batch-size=4",
         "--steps=2",
-        "--methods=meanp,glccl",
+        f"--config-dir={config_dir}",
         "--eval-size=16",
         "--eval-batch-size=8",
         "--threads=1",
@@ -53,6 +64,8 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "meanp" in proc.stdout and "glccl" in proc.stdout  # the printed table
+    assert "skipped broken" in proc.stdout and "no_such_module" in proc.stdout
+    assert "meanp_published" not in proc.stdout
     with out.open(newline="") as fh:
         reader = csv.DictReader(fh)
         return list(reader.fieldnames or []), list(reader)
@@ -101,6 +114,51 @@ def test_unknown_method_is_a_usage_error(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "unknown method" in proc.stderr and "nope" in proc.stderr
     assert not (tmp_path / "x.csv").exists()
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("train_step_bench", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_overrides_go_only_where_the_constructor_takes_them() -> None:
+    """``max_frames``/``max_words`` reach a module with tables (GLCCL), not one without (meanP,
+    whose ``**kwargs`` lead to ``RetrievalModule``'s arguments)."""
+    from baselines.meanp import MeanPModule
+    from tvrbench.glccl import GLCCLModule
+
+    bench = load_bench()
+    glccl, meanp = bench.accepted_arguments(GLCCLModule), bench.accepted_arguments(MeanPModule)
+    assert {"max_frames", "max_words", "clip", "lr"} <= glccl
+    assert {"clip", "lr", "clip_checkpoint"} <= meanp and "max_frames" not in meanp
+    module = bench.build_from_config(
+        "baselines.meanp.MeanPModule", {"clip": "tiny"}, {"max_frames": 7, "lr": 0.5}
+    )
+    assert module.hparams["lr"] == 0.5
+
+
+def test_quick_sizes_and_output_path() -> None:
+    """--quick shrinks the run and writes under outputs/, never over the committed results; an
+    explicit size wins."""
+    bench = load_bench()
+    quick = bench.parse_args(["--quick", "--methods=meanp"])
+    assert (quick.batch_size, quick.steps, quick.eval_size) == (4, 2, 16)
+    assert bench.default_out(quick) == ROOT / "outputs" / "benchmarks" / "train-step-cpu-quick.csv"
+    assert bench.parse_args(["--quick", "--steps=5", "--methods=meanp"]).steps == 5
+    full = bench.parse_args(["--methods=meanp"])
+    assert (full.batch_size, full.steps, full.eval_size) == (64, 20, 1000)
+    assert bench.default_out(full) == ROOT / "benchmarks" / "results" / "train-step-cpu.csv"
+
+
+def test_broken_config_named_explicitly_fails(tmp_path: Path) -> None:
+    (tmp_path / "broken.yaml").write_text("model: {class_path: no_such_module.Module}\n")
+    out = tmp_path / "x.csv"
+    proc = run_script("--quick", "--methods=broken", f"--config-dir={tmp_path}", f"--out={out}")
+    assert proc.returncode == 1
+    assert "skipped broken" in proc.stdout and "no measurement for broken" in proc.stderr
 
 
 def test_bad_config_names_the_file(tmp_path: Path) -> None:

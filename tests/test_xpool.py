@@ -10,12 +10,7 @@ import torch
 from head_inputs import random_frames, text_features
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.xpool import (
-    XPoolHead,
-    XPoolModule,
-    xpool_reference_pair_flops,
-    xpool_reference_scores,
-)
+from baselines.xpool import XPoolHead, XPoolModule
 from tvrbench.chunking import chunked_score
 from tvrbench.retrieval import symmetric_infonce
 
@@ -32,6 +27,12 @@ def perturbed_head(dim: int, num_heads: int, seed: int, dropout: float = 0.3) ->
 
 def fast_scores(head: XPoolHead, sentence, frames, mask) -> torch.Tensor:
     return head.score(head.text_state(text_features(sentence)), head.video_state(frames, mask))
+
+
+def reference_scores(head: XPoolHead, sentence, frames, mask) -> torch.Tensor:
+    """The head's one-shot reference, from the same states as the fast scorer."""
+    text, video = head.text_state(text_features(sentence)), head.video_state(frames, mask)
+    return head.reference_score(text, video)
 
 
 def np_layer_norm(x: np.ndarray, eps: float = 1e-5) -> np.ndarray:
@@ -96,7 +97,7 @@ def test_fast_scores_equal_one_shot_reference(num_heads):
     sentence = torch.randn(6, 32, generator=torch.Generator().manual_seed(7))
     frames, mask = random_frames(9, 7, 32, seed=8)
     got = fast_scores(head, sentence, frames, mask)
-    want = xpool_reference_scores(head, sentence, frames, mask)
+    want = reference_scores(head, sentence, frames, mask)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
 
 
@@ -110,7 +111,7 @@ def test_training_mode_dropout_matches_reference_under_the_same_seed():
     torch.manual_seed(123)
     got = head.score(text, video)
     torch.manual_seed(123)
-    want = xpool_reference_scores(head, sentence, frames, mask)
+    want = reference_scores(head, sentence, frames, mask)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
     torch.manual_seed(124)
     assert not torch.allclose(head.score(text, video), want, atol=1e-3)  # dropout is active
@@ -131,9 +132,29 @@ def test_gradients_equal_reference_gradients():
         return out
 
     got = grads(fast_scores(head, sentence, frames, mask))
-    want = grads(xpool_reference_scores(head, sentence, frames, mask))
+    want = grads(reference_scores(head, sentence, frames, mask))
     for name in want:
         torch.testing.assert_close(got[name], want[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_reference_reads_only_the_raw_embeddings():
+    """The reference starts from the raw sentence and frames the states carry, not from anything
+    the fast path folded (dropping the folded entries changes nothing)."""
+    head = perturbed_head(32, 2, seed=9).eval()
+    sentence = 5.0 * torch.randn(4, 32, generator=torch.Generator().manual_seed(1))
+    frames, mask = random_frames(6, 5, 32, seed=2)
+    text, video = head.text_state(text_features(sentence)), head.video_state(frames, mask)
+    torch.testing.assert_close(text["sentence_emb"], sentence, rtol=0, atol=0)
+    assert (video["frame_emb"][~mask] == 0).all()
+    raw_text = {"sentence_emb": text["sentence_emb"]}
+    raw_video = {k: video[k] for k in ("frame_emb", "frame_mask")}
+    with torch.no_grad():
+        torch.testing.assert_close(
+            head.reference_score(raw_text, raw_video),
+            head.score(text, video),
+            rtol=0,
+            atol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("num_heads", [1, 4])
@@ -177,14 +198,14 @@ def test_pair_flops_bound_the_counted_work_and_the_reference_costs_d_squared():
         head.score(text, video)
     fast_per_pair = counter.get_total_flops() / 2 / (b * b)  # multiply-adds
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        xpool_reference_scores(head, sentence, frames, mask)
+        head.reference_score(text, video)
     # The reference also projects texts (q) and frames (k, v) per item, not per pair.
     per_item = d * d * b + 2 * d * d * b * n
     reference_total = counter.get_total_flops() / 2 - per_item
     reference_per_pair = reference_total / (b * b)
     # Matrix products only (the counter skips element-wise work): logits, pooling, cosine dot.
     assert 3 * n * d <= fast_per_pair <= head.pair_flops(16, n, d)
-    assert 2 * d * d <= reference_per_pair <= xpool_reference_pair_flops(16, n, d)
+    assert 2 * d * d <= reference_per_pair <= head.reference_pair_flops(16, n, d)
 
 
 # ------------------------------------------------------------------------ head training

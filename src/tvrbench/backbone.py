@@ -5,6 +5,14 @@ One loading path for everything: a Hugging Face hub id resolved from the local c
 ``"tiny"`` — a small random CLIP built in code with an offline word-level tokenizer, used by the
 tests and by the built-in synthetic benchmark.
 
+Hub conventions: a hub id is resolved like ``transformers`` resolves it, from the Hugging Face
+cache and, when online, from the Hub. With ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set,
+nothing is downloaded (``local_files_only=True`` is passed explicitly: ``huggingface_hub`` reads
+those variables once, at import, so one set later in the process would otherwise be ignored).
+Weights that cannot be found raise :class:`BackboneNotFoundError`, one line naming where they
+were looked for and the ``hf download <id>`` command that puts them there. A loaded model is in
+training mode, like a freshly built one (``from_pretrained`` returns it in evaluation mode).
+
 Outputs (D = projection width):
 
 * text: sentence embedding ``[B, D]`` (projected end-of-text token), word embeddings ``[B, L, D]``
@@ -16,6 +24,9 @@ Outputs (D = projection width):
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +34,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from tvrbench.vocabulary import PUNCTUATION, TINY_WORDS
+
 TINY = "tiny"
 REAL_CLIP = "openai/clip-vit-base-patch32"
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
 LOGIT_SCALE_MAX = 100.0
-PUNCTUATION = [".", ",", "!", "?", "'", "-"]
+OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+_TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's spelling of a true variable
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 class BackboneNotFoundError(FileNotFoundError):
@@ -56,10 +71,9 @@ class TextFeatures:
 
 
 def default_vocabulary() -> list[str]:
-    """Words of the synthetic DiDeMo-format generator (the tiny tokenizer's vocabulary)."""
-    from tvrbench.data.synth import vocabulary
-
-    return vocabulary()
+    """Words of the synthetic DiDeMo-format generator (the tiny tokenizer's vocabulary,
+    :data:`tvrbench.vocabulary.TINY_WORDS`)."""
+    return list(TINY_WORDS)
 
 
 def build_tiny_tokenizer(words: list[str] | None = None, max_length: int = 32):
@@ -104,9 +118,9 @@ def load_tokenizer(name_or_path: str = TINY):
     try:
         if path.is_dir() and not (path / "tokenizer_config.json").exists():
             return CLIPTokenizer.from_pretrained(str(path))
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+        return AutoTokenizer.from_pretrained(name_or_path, **hub_kwargs())
     except (OSError, ValueError) as err:
-        raise BackboneNotFoundError(_missing_message(name_or_path, "tokenizer")) from err
+        raise BackboneNotFoundError(_missing_message(name_or_path, "tokenizer", err)) from err
 
 
 # ------------------------------------------------------------------------------------- models
@@ -158,20 +172,49 @@ def build_tiny_clip(
         return CLIPModel(config)
 
 
-def _missing_message(name_or_path: str, what: str) -> str:
-    cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
-    return (
-        f"CLIP {what} not found for {name_or_path!r}: looked for a local directory of that name "
-        f"and "
-        f"for the hub id in the Hugging Face cache ({cache}), offline. Put them there with "
-        f"`huggingface-cli download {REAL_CLIP}` on a machine with internet (then copy the cache), "
-        f"or pass a directory written by `CLIPModel.save_pretrained` + the tokenizer's "
-        f"`save_pretrained`."
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` is set to a true value, now."""
+    return any(os.environ.get(v, "").strip().upper() in _TRUE for v in OFFLINE_VARIABLES)
+
+
+def hub_kwargs() -> dict[str, Any]:
+    """``from_pretrained`` keywords for the hub: ``local_files_only=True`` only when offline."""
+    return {"local_files_only": True} if hub_offline() else {}
+
+
+def _hub_cache() -> str:
+    """The Hugging Face cache folder in use (``huggingface_hub`` fixes it at import)."""
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except ImportError:  # pragma: no cover - transformers depends on huggingface_hub
+        return os.environ.get("HF_HUB_CACHE") or "~/.cache/huggingface/hub"
+
+
+def _missing_message(name_or_path: str, what: str, err: BaseException | None = None) -> str:
+    """One line: what was missing, where it was looked for, how to put it there."""
+    is_dir = Path(name_or_path).is_dir()
+    hub_id = name_or_path if not is_dir and _HUB_ID.match(name_or_path) else REAL_CLIP
+    if hub_offline():
+        flags = [v for v in OFFLINE_VARIABLES if os.environ.get(v, "").strip().upper() in _TRUE]
+        online = f"offline ({'/'.join(flags)} set, nothing downloaded)"
+    else:
+        online = "then on the Hub (no such repository, or no connection)"
+    local = "in that local directory" if is_dir else "for a local directory of that name"
+    cause = f" [{type(err).__name__}]" if err is not None else ""
+    message = (
+        f"CLIP {what} not found for {name_or_path!r}: looked {local} and for the hub id in the "
+        f"Hugging Face cache ({_hub_cache()}), {online}{cause}. Put them there with "
+        f"`hf download {hub_id}` on a machine with internet (then copy the cache), or pass a "
+        f"directory written by `CLIPModel.save_pretrained` and the tokenizer's `save_pretrained`."
     )
+    return " ".join(message.split())
 
 
 def load_clip_model(name_or_path: str, attn_implementation: str = "sdpa"):
-    """Load a ``CLIPModel`` from a local directory or the local hub cache (never the network)."""
+    """Load a ``CLIPModel``: ``"tiny"`` (built in code), a local directory, or a hub id (the
+    local cache, and the Hub when not offline). The model comes back in training mode."""
     from transformers import CLIPModel
 
     if name_or_path == TINY:
@@ -184,11 +227,86 @@ def load_clip_model(name_or_path: str, attn_implementation: str = "sdpa"):
             attn_implementation=attn_implementation,
         )
     try:
-        return CLIPModel.from_pretrained(
-            name_or_path, local_files_only=True, attn_implementation=attn_implementation
+        model = CLIPModel.from_pretrained(
+            name_or_path, attn_implementation=attn_implementation, **hub_kwargs()
         )
     except (OSError, ValueError) as err:
-        raise BackboneNotFoundError(_missing_message(name_or_path, "weights")) from err
+        raise BackboneNotFoundError(_missing_message(name_or_path, "weights", err)) from err
+    # from_pretrained returns the model in eval mode; a backbone that is fine-tuned must start in
+    # training mode like every other module (Lightning switches modes for validation itself).
+    return model.train()
+
+
+VIT_B32_TEXT = dict(
+    vocab_size=49408,
+    hidden_size=512,
+    intermediate_size=2048,
+    num_hidden_layers=12,
+    num_attention_heads=8,
+    max_position_embeddings=77,
+    hidden_act="quick_gelu",
+    projection_dim=512,
+    bos_token_id=49406,
+    eos_token_id=49407,
+    pad_token_id=1,
+)
+VIT_B32_VISION = dict(
+    hidden_size=768,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    image_size=224,
+    patch_size=32,
+    hidden_act="quick_gelu",
+    projection_dim=512,
+)
+_SAVED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
+
+
+def build_vit_b32_random(
+    directory: str | Path, tokenizer: str | Path, seed: int = 0, overwrite: bool = False
+) -> Path:
+    """Write a random-initialised ``CLIPModel`` with the exact ViT-B/32 architecture
+    (``openai/clip-vit-base-patch32``: text 512 wide, 12 layers, 8 heads, MLP 2048, 77 positions,
+    vocabulary 49408; vision 768 wide, 12 layers, 12 heads, MLP 3072, 224 px, 32-px patches;
+    projection 512) and the real CLIP tokenizer to ``directory`` with ``save_pretrained``, so that
+    ``ClipBackbone.from_pretrained(str(directory))`` loads it through the real path.
+
+    For real-architecture tests without the pretrained weights (about 600 MB on disk, float32).
+    An existing complete folder is reused unless ``overwrite``; a new one is written under a
+    temporary name and moved into place, so an interrupted call leaves no half-written folder.
+
+    Args:
+        directory: destination folder.
+        tokenizer: a folder with the CLIP BPE files (``vocab.json`` + ``merges.txt``) or a saved
+            CLIP tokenizer, e.g. the project's ``shared/clip-tokenizer``.
+        seed: seed of the random initialisation.
+        overwrite: rewrite even if ``directory`` already holds a complete model.
+    Returns:
+        ``directory`` as a ``Path``.
+    """
+    from transformers import CLIPConfig, CLIPModel
+
+    directory = Path(directory)
+    if not overwrite and all((directory / name).is_file() for name in _SAVED_FILES):
+        return directory
+    config = CLIPConfig(text_config=VIT_B32_TEXT, vision_config=VIT_B32_VISION, projection_dim=512)
+    tok = load_tokenizer(str(tokenizer))
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = CLIPModel(config)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.replace(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
 
 
 # ----------------------------------------------------------------------------------- backbone
@@ -207,8 +325,9 @@ class ClipBackbone(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_path: str = TINY, eager_attention: bool = False):
-        """Build from ``"tiny"``, a local directory or a cached hub id. ``eager_attention`` makes
-        attention visible to FLOP counters (SDPA is not)."""
+        """Build from ``"tiny"``, a local directory or a hub id (see :func:`load_clip_model`), in
+        training mode. ``eager_attention`` makes attention visible to FLOP counters (SDPA is
+        not)."""
         impl = "eager" if eager_attention else "sdpa"
         return cls(load_clip_model(name_or_path, attn_implementation=impl))
 

@@ -54,7 +54,12 @@ from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
 from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import TemporalEncoder, TemporalShapeError
+from tvrbench.temporal import (
+    TEMPORAL_INITS,
+    TemporalEncoder,
+    TemporalShapeError,
+    initialise_temporal,
+)
 
 NORM_EPS = 1e-12
 
@@ -353,6 +358,26 @@ class GLCCLHead(RetrievalHead):
         total += 2 * (lw**3 + lw * lw) + 2 * (lw * lw + lw)
         return total
 
+    # --------------------------------------------------------------------------- reference
+
+    def reference_score(self, text: State, video: State) -> Tensor:
+        """The plain scorer of :func:`glccl_reference_scores` (a Python loop over words, pooled
+        features materialised), averaged over the four components: ``[Bt, Bv]``."""
+        return glccl_reference_scores(self, text, video).mean(0)
+
+    @staticmethod
+    def reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int:
+        """Multiply-adds per pair of :func:`glccl_reference_scores` (softmax/exp not counted).
+
+        GLIM logits and pooled features for the sentence and every word ``2·(L+1)·N·D``, their
+        normalisation ``(L+1)·D``, S_vs ``D``, u and r ``2·L·D``, M ``L²·D``, the L×L poolings
+        ``2·(L² + L)`` (S_vw, S_sf), ``2·(L³ + L²)`` and ``2·(L² + L)`` (S_fw).
+        """
+        lw, n, d = num_words, num_frames, dim
+        total = 2 * (lw + 1) * n * d + (lw + 1) * d + d + 2 * lw * d + lw * lw * d
+        total += 2 * (lw * lw + lw) + 2 * (lw**3 + lw * lw) + 2 * (lw * lw + lw)
+        return total
+
 
 # ------------------------------------------------------------------------------ reference
 
@@ -360,7 +385,9 @@ class GLCCLHead(RetrievalHead):
 def glccl_reference_scores(head: GLCCLHead, text: State, video: State) -> Tensor:
     """The four GLCCL scores ``[4, Bt, Bv]`` computed plainly, as the reference code does:
     pooled features materialised per word (a Python loop over words, ``[Bt, Bv, L, D]``),
-    normalised explicitly, every pooling written along its own axis. For tests and benchmarks.
+    normalised explicitly, every pooling written along its own axis. For tests and benchmarks
+    (:meth:`GLCCLHead.reference_score` is their mean; its cost is
+    :meth:`GLCCLHead.reference_pair_flops`).
 
     Uses only the raw ``sentence``, ``words``, ``word_mask``, ``frames`` and ``frame_mask``
     entries of the states and the head's parameters.
@@ -428,6 +455,11 @@ class GLCCLModule(RetrievalModule):
         csc_weight: η.
         mask_padding: mask padded frames/words (False: reference behaviour).
         use_temporal: apply the temporal encoder.
+        temporal_init: ``"clip_text"`` (the reference default: blocks from CLIP's text layers
+            0..temporal_layers-1, positions from its text position embedding, so
+            ``max_frames`` ≤ 77) or ``"identity"`` (every block the identity at first); see
+            :func:`tvrbench.temporal.initialise_temporal`. A ``clip_text`` that does not fit the
+            backbone falls back to ``identity``; the note in ``init_notes`` says so and why.
         **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
     """
 
@@ -440,8 +472,13 @@ class GLCCLModule(RetrievalModule):
         csc_weight: float = 0.5,
         mask_padding: bool = True,
         use_temporal: bool = True,
+        temporal_init: str = "clip_text",
         **kwargs,
     ) -> None:
+        if temporal_init not in TEMPORAL_INITS:
+            raise ValueError(
+                f"temporal_init: {temporal_init!r} is not one of {', '.join(TEMPORAL_INITS)}"
+            )
         super().__init__(**kwargs)
         self.head = GLCCLHead(
             self.backbone.embed_dim,
@@ -453,6 +490,11 @@ class GLCCLModule(RetrievalModule):
             mask_padding=mask_padding,
             use_temporal=use_temporal,
         )
+        if self.head.temporal is not None:
+            note = initialise_temporal(self.head.temporal, temporal_init, self.backbone.clip)
+            self.init_notes.append(note)
+        else:
+            self.init_notes.append("temporal encoder: off (use_temporal=False)")
 
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""Retrieval rank metrics shared by every method (SPEC §4): functional core + torchmetrics classes.
+"""Retrieval rank metrics shared by every method (SPEC §4): ranks, summaries and one bootstrap.
 
 Conventions
 -----------
@@ -10,56 +10,94 @@ Conventions
       rank = 1 + #(incorrect gallery items whose score >= the best correct item's score)
 
   so a constant scorer gets the worst rank (the gallery size), never the best.
-  Text→video: each text is a query with one correct video. Video→text: each video is a query and
-  its *best-placed* caption counts (the other captions of the same video are not competitors).
+  Text→video: each text is a query with one correct video. Video→text (:data:`V2T_CONVENTIONS`):
+  ``"best-caption"`` (default) ranks each video's *best-placed* caption among all texts (the other
+  captions of the same video are not competitors, every caption of another video is one);
+  ``"reference"`` first reduces each video's captions to their max score, as CLIP4Clip and X-Pool
+  do, so a rival video counts once however many captions it has.
 * ``R@k`` is the percentage of queries with ``rank <= k``; ``MdR`` the median rank with NumPy's
-  convention (mean of the two middle values for an even count); ``MnR`` the mean rank.
+  convention (:data:`MDR_CONVENTION`: mean of the two middle values for an even count); ``MnR``
+  the mean rank.
 * NaN or inf anywhere in ``sim`` raises :class:`NonFiniteScoresError` rather than being replaced by
   ``-inf`` (which would silently push a broken query to the bottom or to the top).
 * Length buckets: a bucket's queries are ranked against the FULL gallery
   (:func:`retrieval_metrics` with ``text_subset``/``video_subset``), so a small bucket does not
   get an easier gallery.
 
+Bootstrap (SPEC §4.1)
+---------------------
+One resampling scheme serves every interval. For ``S`` training seeds with ``n`` queries each,
+resample ``b`` picks ``S`` seeds with replacement (``seed_idx[b]``, ``[S]``), then for each picked
+slot ``n`` queries with replacement (``query_idx[b, slot]``, ``[n]``); the statistic of the
+resample is the mean over the ``S`` slots of the metric of that slot's resampled ranks. With one
+seed no seed index is drawn, so this is exactly the ordinary query bootstrap
+(:func:`bootstrap_ci`). :func:`bootstrap_indices` returns the indices used, so anyone can rebuild
+an interval by hand. The paired version (:func:`paired_two_level_bootstrap`) feeds the SAME
+indices to two methods (seeds paired by seed value, queries by query id).
+
 How this differs from the reference implementations
 ---------------------------------------------------
 * CLIP4Clip sorts each row and looks up the correct score with ``np.where(sx - d == 0)``: on a tie
   the same query yields several positions, so one query is counted more than once and the rank
-  list no longer has one entry per query.
+  list no longer has one entry per query. Its multi-sentence path takes MdR with
+  ``torch.median`` (the lower middle value); ours is NumPy's.
 * X-Pool ranks with a double ``argsort``; tied scores come out in whatever order the (unstable)
   sort leaves them, so a tie may count for or against the query.
 * torchmetrics' ``RetrievalRecall``/``RetrievalMRR`` (≥ 1.8) treat a positive whose score is
-  ``<= 0`` as missed; cosine similarities can be negative, so we do not use them. Our torchmetrics
-  classes are fed with ranks (or similarity rows/columns) and keep SUM-reducible states (hit counts,
-  rank sum, query count, rank histogram), which gives exact metrics — the median included — after
-  the sum across DDP ranks.
+  ``<= 0`` as missed; cosine similarities can be negative, so we do not use them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
 __all__ = [
+    "BOOTSTRAP_KEYS",
+    "MDR_CONVENTION",
     "RECALL_KS",
+    "TIE_CONVENTION",
+    "V2T_CONVENTIONS",
     "NonFiniteScoresError",
-    "RetrievalRankMetrics",
-    "TextToVideoRankMetrics",
-    "VideoToTextRankMetrics",
+    "PairedDifference",
     "bootstrap_ci",
+    "bootstrap_indices",
+    "paired_two_level_bootstrap",
     "retrieval_metrics",
     "summarize_ranks",
     "text_to_video_ranks",
+    "two_level_bootstrap_ci",
     "video_to_text_ranks",
 ]
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10, 50)
+#: Statistics of every bootstrap interval, in this order.
+BOOTSTRAP_KEYS: tuple[str, ...] = (*(f"R@{k}" for k in RECALL_KS), "MdR", "MnR")
+MDR_CONVENTION = "numpy median (mean of the two middle ranks)"
+TIE_CONVENTION = "ties count against the query (rank = 1 + #wrong items scored >= the correct one)"
+#: ``video_to_text_ranks(..., v2t=name)``: name → what it means (written into every output).
+V2T_CONVENTIONS: dict[str, str] = {
+    "best-caption": (
+        "each video is placed by its best-ranked caption among all texts; every caption of "
+        "another video is a rival"
+    ),
+    "reference": (
+        "each video's captions are first reduced to their max score (CLIP4Clip, X-Pool), "
+        "so a rival video counts once however many captions it has"
+    ),
+}
 # Elements of a [rows, cols] comparison processed at once (bounds the temporary bool masks).
 _CHUNK_ELEMENTS = 1 << 24
-# Elements of a [n_boot, n_queries] resample drawn at once by bootstrap_ci.
+# Elements of a [n_boot, n_seeds, n_queries] block of resampled ranks evaluated at once.
 _BOOT_ELEMENTS = 1 << 22
+
+RankLike = Tensor | np.ndarray | Sequence[int]
 
 
 class NonFiniteScoresError(ValueError):
@@ -171,23 +209,35 @@ def text_to_video_ranks(sim: Tensor, text_to_video: Tensor | None = None) -> Ten
     return ranks
 
 
-def video_to_text_ranks(sim: Tensor, text_to_video: Tensor | None = None) -> Tensor:
-    """Rank of each video's best-placed caption among all texts (ties count against the video).
+def video_to_text_ranks(
+    sim: Tensor, text_to_video: Tensor | None = None, v2t: str = "best-caption"
+) -> Tensor:
+    """Rank of each video among all texts (ties count against the video).
 
     Args:
         sim: ``[Nt, Nv]`` similarity scores.
         text_to_video: ``[Nt]`` integer video column of each text; ``None`` = identity.
+        v2t: a key of :data:`V2T_CONVENTIONS`. ``"best-caption"``: ``1 + #(incorrect texts scored
+            >= the best correct text)``. ``"reference"``: each video's captions are reduced to
+            their max score first (``[Nv, Nv]``), then ``1 + #(other videos whose reduced score
+            >= the video's own)``. The two agree with one caption per video.
 
     Returns:
-        ``[Nv]`` long, 1-based: ``1 + #(incorrect texts scored >= the best correct text)``.
+        ``[Nv]`` long, 1-based.
 
     Raises:
-        ValueError: a video has no caption.
+        ValueError: a video has no caption, or an unknown ``v2t``.
 
     >>> sim = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.95, 0.3]])
     >>> video_to_text_ranks(sim, torch.tensor([0, 1, 1]))  # video 1: best caption is text 1
     tensor([2, 1])
+    >>> sim = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.8, 0.0], [0.6, 0.7, 0.0], [0.0, 0.0, 0.9]])
+    >>> t2v = torch.tensor([0, 1, 1, 2])  # video 0: two rival captions, but one rival video
+    >>> video_to_text_ranks(sim, t2v), video_to_text_ranks(sim, t2v, v2t="reference")
+    (tensor([3, 2, 1]), tensor([2, 2, 1]))
     """
+    if v2t not in V2T_CONVENTIONS:
+        raise ValueError(f"unknown v2t convention {v2t!r}; expected one of {list(V2T_CONVENTIONS)}")
     _check_sim(sim)
     n_text, n_video = sim.shape
     target = _check_text_to_video(text_to_video, n_text, n_video).to(sim.device)
@@ -198,8 +248,15 @@ def video_to_text_ranks(sim: Tensor, text_to_video: Tensor | None = None) -> Ten
             f"{missing.numel()} of {n_video} videos have no text (first: column "
             f"{int(missing[0])}); video-to-text ranks need at least one caption per video"
         )
-    correct = sim.gather(1, target[:, None]).squeeze(1)  # (Nt,)
     best_dtype = sim.dtype if sim.is_floating_point() else torch.float64
+    if v2t == "reference":
+        # reduced[k, j] = max score of video k's captions for video query j.
+        reduced = torch.full((n_video, n_video), -math.inf, dtype=best_dtype, device=sim.device)
+        index = target[:, None].expand(n_text, n_video)  # (Nt, Nv)
+        reduced = reduced.scatter_reduce(0, index, sim.to(best_dtype), reduce="amax")  # (Nv, Nv)
+        # As a text→video problem: query j (row of reduced.T), its own video j is "correct".
+        return text_to_video_ranks(reduced.T)
+    correct = sim.gather(1, target[:, None]).squeeze(1)  # (Nt,)
     best = torch.full((n_video,), -math.inf, dtype=best_dtype, device=sim.device)
     best = best.scatter_reduce(0, target, correct.to(best_dtype), reduce="amax")  # (Nv,)
     # Count every text scoring >= the best correct one, then take the correct ones back out.
@@ -211,18 +268,6 @@ def video_to_text_ranks(sim: Tensor, text_to_video: Tensor | None = None) -> Ten
     correct_at_best = torch.zeros(n_video, dtype=torch.long, device=sim.device)
     correct_at_best.scatter_add_(0, target, (correct >= best[target]).long())
     return 1 + at_least_best - correct_at_best
-
-
-def _best_positive_ranks(scores: Tensor, positive: Tensor) -> Tensor:
-    """Ranks ``[Q]`` of each query's best positive: ``scores [Q, G]``, ``positive [Q, G]`` bool."""
-    if not bool(positive.any(dim=1).all()):
-        first = int((~positive.any(dim=1)).nonzero()[0])
-        raise ValueError(f"query {first} has no correct gallery item")
-    if not scores.is_floating_point():
-        scores = scores.double()
-    neg_inf = torch.tensor(-math.inf, dtype=scores.dtype, device=scores.device)
-    best = torch.where(positive, scores, neg_inf).amax(dim=1, keepdim=True)  # (Q, 1)
-    return 1 + ((scores >= best) & ~positive).sum(dim=1)
 
 
 def _recall_key(k: int) -> str:
@@ -258,6 +303,7 @@ def retrieval_metrics(
     text_to_video: Tensor | None = None,
     text_subset: Tensor | None = None,
     video_subset: Tensor | None = None,
+    v2t: str = "best-caption",
 ) -> dict[str, dict[str, float | int]]:
     """Text→video and video→text metrics, optionally for a subset of queries (a length bucket).
 
@@ -269,6 +315,7 @@ def retrieval_metrics(
         text_to_video: ``[Nt]`` integer video column of each text; ``None`` = identity.
         text_subset: ``[Nt]`` bool, the text queries reported under ``"t2v"``.
         video_subset: ``[Nv]`` bool, the video queries reported under ``"v2t"``.
+        v2t: video→text convention, a key of :data:`V2T_CONVENTIONS`.
 
     Returns:
         ``{"t2v": summarize_ranks(...), "v2t": summarize_ranks(...)}``.
@@ -281,12 +328,202 @@ def retrieval_metrics(
     _check_sim(sim)
     n_text, n_video = sim.shape
     t2v_ranks = text_to_video_ranks(sim, text_to_video)  # (Nt,)
-    v2t_ranks = video_to_text_ranks(sim, text_to_video)  # (Nv,)
+    v2t_ranks = video_to_text_ranks(sim, text_to_video, v2t)  # (Nv,)
     if text_subset is not None:
         t2v_ranks = t2v_ranks[_check_mask(text_subset, n_text, "text_subset").to(sim.device)]
     if video_subset is not None:
         v2t_ranks = v2t_ranks[_check_mask(video_subset, n_video, "video_subset").to(sim.device)]
     return {"t2v": summarize_ranks(t2v_ranks), "v2t": summarize_ranks(v2t_ranks)}
+
+
+# ------------------------------------------------------------------------------------ bootstrap
+
+
+def _as_ranks(ranks: RankLike, name: str = "ranks") -> Tensor:
+    """``[n]`` long tensor from a tensor, array or list of 1-based ranks (validated)."""
+    if not isinstance(ranks, Tensor):
+        array = np.asarray(ranks)
+        if array.dtype.kind not in "iu" and not (array.dtype.kind == "f" and array.size == 0):
+            raise ValueError(f"{name} must hold integers, got dtype {array.dtype}")
+        ranks = torch.from_numpy(array.astype(np.int64))
+    try:
+        return _check_ranks(ranks)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+
+
+def _check_bootstrap_args(n_boot: int, level: float) -> None:
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
+    for key in keys:
+        if key not in ("MdR", "MnR") and not (key.startswith("R@") and key[2:].isdigit()):
+            raise ValueError(f"unknown metric {key!r}; expected R@<k>, MdR or MnR")
+    if not keys:
+        raise ValueError("no metric requested")
+    return tuple(keys)
+
+
+def _iter_bootstrap_indices(
+    n_seeds: int, n_queries: int, n_boot: int, seed: int
+) -> Iterator[tuple[int, Tensor, Tensor]]:
+    """Yield ``(start, seed_idx [b, S], query_idx [b, S, n])`` blocks covering ``n_boot``.
+
+    The contract behind every interval: one CPU ``torch.Generator`` seeded with ``seed``; first
+    the seed indices of all resamples, ``randint(S, (n_boot, S))``, drawn only when ``S > 1`` (with
+    one seed they are all 0 and nothing is drawn); then the query indices, ``randint(n, (b, S,
+    n))`` block after block. Consecutive blocks continue the same stream, so the result does not
+    depend on the block size.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    if n_seeds == 1:
+        seed_idx = torch.zeros((n_boot, 1), dtype=torch.long)
+    else:
+        seed_idx = torch.randint(n_seeds, (n_boot, n_seeds), generator=generator)  # (B, S)
+    step = max(1, _BOOT_ELEMENTS // (n_seeds * n_queries))
+    for start in range(0, n_boot, step):
+        b = min(step, n_boot - start)
+        query_idx = torch.randint(n_queries, (b, n_seeds, n_queries), generator=generator)
+        yield start, seed_idx[start : start + b], query_idx  # (b, S), (b, S, n)
+
+
+def bootstrap_indices(
+    n_seeds: int, n_queries: int, n_boot: int, seed: int = 0
+) -> tuple[Tensor, Tensor]:
+    """The resampling indices every bootstrap of this module uses (CPU, long).
+
+    Returns:
+        ``seed_idx [n_boot, n_seeds]`` (which seed fills each slot of a resample) and
+        ``query_idx [n_boot, n_seeds, n_queries]`` (which queries of that seed are drawn).
+        Resample ``b``'s statistic is ``mean_s metric(ranks[seed_idx[b, s]][query_idx[b, s]])``.
+
+    >>> seed_idx, query_idx = bootstrap_indices(n_seeds=1, n_queries=4, n_boot=3, seed=0)
+    >>> seed_idx.tolist(), tuple(query_idx.shape)
+    ([[0], [0], [0]], (3, 1, 4))
+    """
+    if n_seeds < 1 or n_queries < 1:
+        raise ValueError(f"need at least one seed and one query, got {n_seeds}, {n_queries}")
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    blocks = list(_iter_bootstrap_indices(n_seeds, n_queries, n_boot, seed))
+    return torch.cat([s for _, s, _ in blocks]), torch.cat([q for _, _, q in blocks])
+
+
+def _rank_statistics(sample: Tensor, keys: Sequence[str]) -> Tensor:
+    """Metrics of resampled ranks: ``sample [..., n]`` long → ``[len(keys), ...]`` float64.
+
+    ``R@k`` in percent, ``MdR`` NumPy's median (mean of the two middle values), ``MnR`` the mean.
+    """
+    n = sample.shape[-1]
+    ordered: Tensor | None = None
+    out = []
+    for key in keys:
+        if key == "MdR":
+            if ordered is None:
+                ordered = sample.sort(dim=-1).values  # (..., n)
+            out.append(ordered[..., [(n - 1) // 2, n // 2]].double().mean(dim=-1))
+        elif key == "MnR":
+            out.append(sample.double().mean(dim=-1))
+        else:
+            hits = (sample <= int(key[2:])).sum(dim=-1)  # (...,)
+            out.append(100.0 * hits.double() / n)
+    return torch.stack(out)
+
+
+def _stack_seeds(ranks_per_seed: Sequence[RankLike], what: str = "ranks") -> Tensor:
+    """``[S, n]`` long ranks of ``S`` seeds over the same number of queries."""
+    if len(ranks_per_seed) == 0:
+        raise ValueError(f"{what}: need the ranks of at least one seed")
+    tensors = [_as_ranks(r, f"{what} of seed #{i}") for i, r in enumerate(ranks_per_seed)]
+    sizes = {int(t.numel()) for t in tensors}
+    if len(sizes) != 1:
+        raise ValueError(
+            f"{what}: every seed must rank the same queries; got query counts {sorted(sizes)}"
+        )
+    if 0 in sizes:
+        raise ValueError(f"{what}: the bootstrap needs at least one rank")
+    device = tensors[0].device
+    return torch.stack([t.to(device) for t in tensors])  # (S, n)
+
+
+def _bootstrap_distribution(
+    stacks: Sequence[Tensor], keys: Sequence[str], n_boot: int, seed: int
+) -> Tensor:
+    """Two-level bootstrap distribution of the seed-mean of each metric.
+
+    Args:
+        stacks: one or more ``[S, n]`` rank tensors resampled with the SAME indices (paired).
+
+    Returns:
+        ``[len(stacks), len(keys), n_boot]`` float64: per resample, the mean over its ``S`` slots
+        of the metric of each slot's resampled queries.
+    """
+    n_seeds, n_queries = stacks[0].shape
+    device = stacks[0].device
+    out = torch.empty(len(stacks), len(keys), n_boot, dtype=torch.float64, device=device)
+    for start, seed_idx, query_idx in _iter_bootstrap_indices(n_seeds, n_queries, n_boot, seed):
+        seed_idx, query_idx = seed_idx.to(device), query_idx.to(device)  # (b, S), (b, S, n)
+        b = seed_idx.shape[0]
+        for i, stack in enumerate(stacks):
+            sample = stack[seed_idx[:, :, None], query_idx]  # (b, S, n)
+            out[i, :, start : start + b] = _rank_statistics(sample, keys).mean(dim=-1)  # (K, b)
+    return out
+
+
+def _percentile_interval(distribution: Tensor, level: float) -> Tensor:
+    """``[2, K]`` lower/upper percentile bounds of ``distribution [K, n_boot]`` (linear)."""
+    alpha = (1.0 - level) / 2.0
+    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=distribution.device)
+    return torch.quantile(distribution, q, dim=1)  # (2, K)
+
+
+def _seed_values(ranks: Mapping[Any, RankLike] | Sequence[RankLike]) -> list[RankLike]:
+    if isinstance(ranks, Mapping):
+        return [ranks[k] for k in sorted(ranks, key=_seed_sort_key)]
+    return list(ranks)
+
+
+def _seed_sort_key(seed: Any) -> tuple[int, Any]:
+    try:
+        return (0, int(seed))
+    except (TypeError, ValueError):
+        return (1, str(seed))
+
+
+def two_level_bootstrap_ci(
+    ranks_per_seed: Mapping[Any, RankLike] | Sequence[RankLike],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    keys: Sequence[str] = BOOTSTRAP_KEYS,
+) -> dict[str, tuple[float, float]]:
+    """Percentile interval of the seed-mean of each metric: resample seeds, then queries.
+
+    Args:
+        ranks_per_seed: per training seed, ``[n]`` 1-based ranks of the same ``n`` queries (a
+            sequence, or a mapping seed → ranks taken in sorted seed order).
+        n_boot: resamples; ``seed``: seed of the resampling (see :func:`bootstrap_indices`).
+        level: coverage of the interval; ``keys``: metrics (``R@<k>``, ``MdR``, ``MnR``).
+
+    Returns:
+        ``{metric: (lo, hi)}``. With one seed this is exactly :func:`bootstrap_ci`.
+
+    >>> a, b = torch.tensor([1, 1, 2, 9]), torch.tensor([1, 3, 4, 9])
+    >>> two_level_bootstrap_ci([a], n_boot=50, seed=1) == bootstrap_ci(a, n_boot=50, seed=1)
+    True
+    >>> lo, hi = two_level_bootstrap_ci([a, b], n_boot=200)["R@1"]
+    >>> 0.0 <= lo <= 37.5 <= hi <= 100.0
+    True
+    """
+    _check_bootstrap_args(n_boot, level)
+    keys = _check_keys(keys)
+    stack = _stack_seeds(_seed_values(ranks_per_seed))  # (S, n)
+    bounds = _percentile_interval(_bootstrap_distribution([stack], keys, n_boot, seed)[0], level)
+    return {key: (float(bounds[0, i]), float(bounds[1, i])) for i, key in enumerate(keys)}
 
 
 def bootstrap_ci(
@@ -297,7 +534,7 @@ def bootstrap_ci(
     Queries are resampled with replacement ``n_boot`` times (indices drawn on the CPU with a
     generator seeded by ``seed``, so the result is the same on every device); each statistic's
     interval is the ``(1 - level) / 2`` and ``(1 + level) / 2`` quantiles (linear interpolation)
-    of its bootstrap distribution.
+    of its bootstrap distribution. This is :func:`two_level_bootstrap_ci` with one seed.
 
     >>> ci = bootstrap_ci(torch.tensor([1, 1, 2, 3, 8, 20]), n_boot=200, seed=0)
     >>> sorted(ci)
@@ -307,182 +544,135 @@ def bootstrap_ci(
     True
     """
     ranks = _check_ranks(ranks)
-    n = int(ranks.numel())
-    if n == 0:
+    if ranks.numel() == 0:
         raise ValueError("bootstrap_ci needs at least one rank")
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must be in (0, 1), got {level}")
-    generator = torch.Generator().manual_seed(seed)
-    keys = [_recall_key(k) for k in RECALL_KS] + ["MdR", "MnR"]
-    stats = torch.empty(len(keys), n_boot, dtype=torch.float64, device=ranks.device)
-    ks = torch.tensor(RECALL_KS, device=ranks.device)
-    step = max(1, _BOOT_ELEMENTS // n)
-    for start in range(0, n_boot, step):
-        b = min(step, n_boot - start)
-        idx = torch.randint(n, (b, n), generator=generator).to(ranks.device)  # (b, n)
-        sample = ranks[idx].sort(dim=1).values  # (b, n)
-        hits = (sample[:, :, None] <= ks).sum(dim=1)  # (b, n_k)
-        stats[: len(RECALL_KS), start : start + b] = (100.0 * hits.double() / n).T
-        middle = sample[:, [(n - 1) // 2, n // 2]].double()  # (b, 2)
-        stats[len(RECALL_KS), start : start + b] = middle.mean(dim=1)
-        stats[len(RECALL_KS) + 1, start : start + b] = sample.double().mean(dim=1)
-    alpha = (1.0 - level) / 2.0
-    q = torch.tensor([alpha, 1.0 - alpha], dtype=torch.float64, device=ranks.device)
-    bounds = torch.quantile(stats, q, dim=1)  # (2, n_stats)
-    return {key: (float(bounds[0, i]), float(bounds[1, i])) for i, key in enumerate(keys)}
+    return two_level_bootstrap_ci([ranks], n_boot=n_boot, seed=seed, level=level)
 
 
-# ------------------------------------------------------------------------------ torchmetrics
+@dataclass(frozen=True)
+class PairedDifference:
+    """A difference ``a − b`` of one metric between two methods, over seeds and queries.
 
-
-class _RankStatsMetric(Metric):
-    """Shared states of the rank metrics; every state is a sum, so DDP sync is exact."""
-
-    is_differentiable = False
-    higher_is_better = None
-    full_state_update = False
-
-    hits: Tensor
-    rank_sum: Tensor
-    n_queries: Tensor
-    rank_hist: Tensor
-
-    def __init__(self, max_rank: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        if max_rank < 1:
-            raise ValueError(f"max_rank must be >= 1 (the gallery size), got {max_rank}")
-        self.max_rank = int(max_rank)
-        long = torch.long
-        self.add_state("hits", torch.zeros(len(RECALL_KS), dtype=long), dist_reduce_fx="sum")
-        self.add_state("rank_sum", torch.zeros((), dtype=long), dist_reduce_fx="sum")
-        self.add_state("n_queries", torch.zeros((), dtype=long), dist_reduce_fx="sum")
-        # rank_hist[r - 1] = number of queries with rank r: gives the exact median after a sum.
-        self.add_state("rank_hist", torch.zeros(self.max_rank, dtype=long), dist_reduce_fx="sum")
-
-    def _add_ranks(self, ranks: Tensor) -> None:
-        ranks = _check_ranks(ranks)
-        if ranks.numel() and int(ranks.max()) > self.max_rank:
-            raise ValueError(
-                f"rank {int(ranks.max())} exceeds max_rank={self.max_rank}; set max_rank to the "
-                "gallery size"
-            )
-        ks = torch.tensor(RECALL_KS, device=ranks.device)
-        self.hits += (ranks[:, None] <= ks).sum(dim=0)  # (n_k,)
-        self.rank_sum += ranks.sum()
-        self.n_queries += ranks.numel()
-        self.rank_hist += torch.bincount(ranks - 1, minlength=self.max_rank)
-
-    def compute(self) -> dict[str, float | int]:
-        """Same dict as :func:`summarize_ranks` on every rank seen (across processes)."""
-        n = int(self.n_queries)
-        out: dict[str, float | int] = {}
-        if n == 0:
-            out.update({_recall_key(k): math.nan for k in RECALL_KS})
-            out.update({"MdR": math.nan, "MnR": math.nan, "n_queries": 0})
-            return out
-        for i, k in enumerate(RECALL_KS):
-            out[_recall_key(k)] = 100.0 * int(self.hits[i]) / n
-        cumulative = self.rank_hist.cumsum(0)  # (max_rank,)
-        # The j-th smallest rank (1-based j) is the first r whose cumulative count reaches j.
-        positions = torch.tensor([(n + 1) // 2, n // 2 + 1], device=cumulative.device)
-        middle = torch.searchsorted(cumulative, positions) + 1  # (2,) ranks
-        out["MdR"] = float(middle.double().mean())
-        out["MnR"] = int(self.rank_sum) / n
-        out["n_queries"] = n
-        return out
-
-
-class RetrievalRankMetrics(_RankStatsMetric):
-    """R@1/5/10/50, MdR, MnR accumulated from 1-based ranks (any direction).
-
-    Args:
-        max_rank: the largest possible rank, i.e. the gallery size.
-
-    >>> metric = RetrievalRankMetrics(max_rank=100)
-    >>> metric.update(torch.tensor([1, 2, 7]))
-    >>> metric.update(torch.tensor([60]))
-    >>> metric.compute()
-    {'R@1': 25.0, 'R@5': 50.0, 'R@10': 75.0, 'R@50': 75.0, 'MdR': 4.5, 'MnR': 17.5, 'n_queries': 4}
+    Attributes:
+        metric: ``R@<k>``, ``MdR`` or ``MnR`` (percentage points for recalls, ranks otherwise).
+        diff: mean over the paired seeds of each seed's full-test-set difference.
+        lo, hi: two-level paired percentile bootstrap interval of ``diff`` at ``level``.
+        seeds: the paired seed values (sorted); ``per_seed``: each seed's difference.
+        seeds_held: seeds whose difference has the sign of ``diff`` (the order of the mean held;
+            with ``diff == 0``, seeds with no difference).
+        n_queries: queries per seed.
     """
 
-    def update(self, ranks: Tensor) -> None:
-        """Add ``[Q]`` long ranks."""
-        self._add_ranks(ranks)
+    metric: str
+    diff: float
+    lo: float
+    hi: float
+    level: float
+    seeds: tuple[Any, ...]
+    per_seed: tuple[float, ...]
+    seeds_held: int
+    n_queries: int
+
+    @property
+    def n_seeds(self) -> int:
+        return len(self.seeds)
+
+    @property
+    def excludes_zero(self) -> bool:
+        """True when the interval lies strictly on one side of 0: the difference is a finding."""
+        return self.lo > 0.0 or self.hi < 0.0
 
 
-class TextToVideoRankMetrics(_RankStatsMetric):
-    """Text→video metrics fed with rows of the similarity matrix (text queries × FULL gallery).
+def _aligned(ranks: RankLike, ids: RankLike | None, what: str) -> tuple[Tensor, Tensor | None]:
+    """Ranks sorted by query id (when ids are given), with the sorted ids."""
+    tensor = _as_ranks(ranks, what)
+    if ids is None:
+        return tensor, None
+    id_tensor = torch.as_tensor(np.asarray(ids, dtype=np.int64))
+    if id_tensor.shape != tensor.shape:
+        raise ValueError(
+            f"{what}: {tuple(id_tensor.shape)} query ids for {tuple(tensor.shape)} ranks"
+        )
+    order = torch.argsort(id_tensor)
+    return tensor[order.to(tensor.device)], id_tensor[order]
 
-    Each process may hold a different shard of text queries; all shards rank against every video.
+
+def paired_two_level_bootstrap(
+    ranks_a: Mapping[Any, RankLike],
+    ranks_b: Mapping[Any, RankLike],
+    metric: str = "R@1",
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    query_ids_a: Mapping[Any, RankLike] | None = None,
+    query_ids_b: Mapping[Any, RankLike] | None = None,
+) -> PairedDifference:
+    """Two-level paired bootstrap of ``metric(a) − metric(b)``, the test for a finding.
+
+    Both methods get the SAME resampled seeds and, inside each slot, the SAME resampled queries
+    (:func:`bootstrap_indices`); the statistic of a resample is the mean over its slots of the
+    per-slot difference. Seeds pair by seed value (only seeds both methods ran are used);
+    queries pair by position or, when ``query_ids_*`` are given, by query id.
 
     Args:
-        num_videos: gallery size ``Nv`` (the row width and the largest possible rank).
+        ranks_a, ranks_b: training seed → ``[n]`` 1-based ranks of that seed's test queries.
+        metric: ``R@<k>``, ``MdR`` or ``MnR``.
+        query_ids_a, query_ids_b: seed → ``[n]`` query ids (e.g. the dataset index), optional.
 
-    >>> metric = TextToVideoRankMetrics(num_videos=3)
-    >>> metric.update(torch.tensor([[0.9, 0.1, 0.9]]), torch.tensor([0]))
-    >>> metric.update(torch.tensor([[0.2, 0.8, 0.3], [0.5, 0.5, 0.5]]), torch.tensor([1, 2]))
-    >>> metric.compute()["MnR"]
-    2.0
+    Returns:
+        :class:`PairedDifference`; the difference is a finding when ``excludes_zero``.
+
+    >>> a = {0: [1, 1, 1, 2], 1: [1, 1, 3, 2]}
+    >>> b = {0: [2, 2, 1, 2], 1: [1, 4, 3, 2]}
+    >>> d = paired_two_level_bootstrap(a, b, n_boot=100)
+    >>> d.diff, d.seeds_held, d.n_seeds
+    (37.5, 2, 2)
     """
-
-    def __init__(self, num_videos: int, **kwargs) -> None:
-        super().__init__(max_rank=num_videos, **kwargs)
-
-    def update(self, sim: Tensor, video_index: Tensor) -> None:
-        """Add text queries.
-
-        Args:
-            sim: ``[b, Nv]`` scores of ``b`` texts against every video.
-            video_index: ``[b]`` correct video column of each text.
-        """
-        _check_sim(sim, "similarity rows")
-        if sim.shape[1] != self.max_rank:
+    _check_bootstrap_args(n_boot, level)
+    (metric,) = _check_keys([metric])
+    if (query_ids_a is None) != (query_ids_b is None):
+        raise ValueError("give query ids for both methods or for neither")
+    common = sorted(set(ranks_a) & set(ranks_b), key=_seed_sort_key)
+    if not common:
+        raise ValueError(
+            f"no seed in common: a ran {sorted(ranks_a, key=_seed_sort_key)}, "
+            f"b ran {sorted(ranks_b, key=_seed_sort_key)}"
+        )
+    stack_a, stack_b = [], []
+    for s in common:
+        ids_a = None if query_ids_a is None else query_ids_a[s]
+        ids_b = None if query_ids_b is None else query_ids_b[s]
+        ra, sorted_a = _aligned(ranks_a[s], ids_a, f"ranks of a, seed {s}")
+        rb, sorted_b = _aligned(ranks_b[s], ids_b, f"ranks of b, seed {s}")
+        if ra.shape != rb.shape:
             raise ValueError(
-                f"similarity rows have {sim.shape[1]} columns, expected num_videos={self.max_rank}"
+                f"seed {s}: a has {ra.numel()} queries, b has {rb.numel()}; a paired "
+                "bootstrap needs the same queries"
             )
-        self._add_ranks(text_to_video_ranks(sim, video_index))
-
-
-class VideoToTextRankMetrics(_RankStatsMetric):
-    """Video→text metrics fed with columns of the similarity matrix (video queries × ALL texts).
-
-    Args:
-        num_texts: number of texts ``Nt`` in the gallery (the largest possible rank).
-
-    >>> metric = VideoToTextRankMetrics(num_texts=3)
-    >>> sim = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.95, 0.3]])  # [Nt, Nv]
-    >>> text_to_video = torch.tensor([0, 1, 1])
-    >>> metric.update(sim[:, :1], text_to_video, torch.tensor([0]))
-    >>> metric.update(sim[:, 1:], text_to_video, torch.tensor([1]))
-    >>> metric.compute()["MnR"]
-    1.5
-    """
-
-    def __init__(self, num_texts: int, **kwargs) -> None:
-        super().__init__(max_rank=num_texts, **kwargs)
-
-    def update(self, sim: Tensor, text_to_video: Tensor, video_index: Tensor) -> None:
-        """Add video queries.
-
-        Args:
-            sim: ``[Nt, b]`` scores of every text against ``b`` videos (columns of the full matrix).
-            text_to_video: ``[Nt]`` video index of every text (global indices).
-            video_index: ``[b]`` global index of each of the ``b`` videos.
-        """
-        _check_sim(sim, "similarity columns")
-        n_text = sim.shape[0]
-        if n_text != self.max_rank:
-            raise ValueError(f"similarity columns have {n_text} rows, expected {self.max_rank}")
-        if video_index.shape != (sim.shape[1],):
-            raise ValueError(
-                f"video_index must have shape [{sim.shape[1]}], got {tuple(video_index.shape)}"
-            )
-        if text_to_video.shape != (n_text,):
-            raise ValueError(
-                f"text_to_video must have shape [{n_text}], got {tuple(text_to_video.shape)}"
-            )
-        device = sim.device
-        positive = video_index.to(device)[:, None] == text_to_video.to(device)[None, :]  # (b, Nt)
-        self._add_ranks(_best_positive_ranks(sim.T, positive))
+        if sorted_a is not None and sorted_b is not None and not torch.equal(sorted_a, sorted_b):
+            raise ValueError(f"seed {s}: a and b ranked different query ids")
+        stack_a.append(ra)
+        stack_b.append(rb)
+    a, b = _stack_seeds(stack_a, "ranks of a"), _stack_seeds(stack_b, "ranks of b")  # (S, n)
+    b = b.to(a.device)
+    per_seed = (_rank_statistics(a, [metric]) - _rank_statistics(b, [metric]))[0]  # (S,)
+    diff = float(per_seed.mean())
+    dist = _bootstrap_distribution([a, b], [metric], n_boot, seed)  # (2, 1, B)
+    bounds = _percentile_interval(dist[0] - dist[1], level)  # (2, 1)
+    if diff > 0:
+        held = int((per_seed > 0).sum())
+    elif diff < 0:
+        held = int((per_seed < 0).sum())
+    else:
+        held = int((per_seed == 0).sum())
+    return PairedDifference(
+        metric=metric,
+        diff=diff,
+        lo=float(bounds[0, 0]),
+        hi=float(bounds[1, 0]),
+        level=level,
+        seeds=tuple(common),
+        per_seed=tuple(float(v) for v in per_seed),
+        seeds_held=held,
+        n_queries=int(a.shape[1]),
+    )

@@ -1,17 +1,25 @@
-"""``tvrbench metrics SIM [--text-to-video MAP] [--json] [--bootstrap N]``: score a saved matrix.
+"""``tvrbench metrics SIM [--text-to-video MAP] [--v2t CONV] [--json] [--bootstrap N]``.
+
+Scores a saved similarity matrix.
 
 SIM is a ``.npy`` or ``.pt`` file holding a 2-D array ``[n_text, n_video]`` (row = text, column =
 video, higher = more similar). MAP (``.npy``/``.pt``, or ``.txt``/``.csv`` of integers) gives each
 text's video column; without it the identity map is used (square SIM). Metrics follow
 :mod:`tvrbench.metrics` (ties count against the query).
 
-Output: a table (rows t2v, v2t), or with ``--json`` one JSON object
-``{"t2v": {...}, "v2t": {...}}`` whose inner keys are ``R@1 R@5 R@10 R@50 MdR MnR n_queries``.
-With ``--bootstrap N`` the intervals are added: as extra table rows, or in JSON as one more
-top-level key ``"ci"`` = ``{"level", "n_boot", "seed", "t2v": {metric: [lo, hi]}, "v2t": ...}``.
+``--v2t`` chooses the video→text convention (:data:`tvrbench.metrics.V2T_CONVENTIONS`):
+``best-caption`` (default; each video's best-placed caption among all texts) or ``reference``
+(each video's captions reduced to their max score first, as CLIP4Clip and X-Pool do).
+
+Output: a table (rows t2v, v2t) followed by the conventions, or with ``--json`` one JSON object
+``{"t2v": {...}, "v2t": {...}, "mdr_convention": str, "v2t_convention": str,
+"v2t_convention_description": str, "tie_convention": str}`` whose ``t2v``/``v2t`` keys are
+``R@1 R@5 R@10 R@50 MdR MnR n_queries``. With ``--bootstrap N`` the intervals are added: as
+extra table rows, or in JSON as one more top-level key ``"ci"`` = ``{"level", "n_boot", "seed",
+"t2v": {metric: [lo, hi]}, "v2t": ...}``.
 
 Bad input exits with code 2 and one line on stderr (``tvrbench metrics: FILE: problem``).
-This module imports torch and torchmetrics only, never Lightning.
+This module imports torch and NumPy only, never Lightning.
 """
 
 from __future__ import annotations
@@ -27,6 +35,9 @@ import numpy as np
 import torch
 
 from tvrbench.metrics import (
+    MDR_CONVENTION,
+    TIE_CONVENTION,
+    V2T_CONVENTIONS,
     NonFiniteScoresError,
     bootstrap_ci,
     summarize_ranks,
@@ -63,6 +74,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="MAP",
         help="integer array (.npy/.pt/.txt/.csv), length n_text: each text's video column "
         "(default: identity, SIM must be square)",
+    )
+    parser.add_argument(
+        "--v2t",
+        choices=list(V2T_CONVENTIONS),
+        default="best-caption",
+        help="video-to-text convention: best-caption (default; the best-placed caption of each "
+        "video among all texts) or reference (each video's captions reduced to their max score "
+        "first, as CLIP4Clip and X-Pool do)",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument(
@@ -166,11 +185,15 @@ def compute(
     text_to_video: torch.Tensor | None,
     n_boot: int = 0,
     seed: int = 0,
+    v2t: str = "best-caption",
 ) -> tuple[dict[str, dict[str, float | int]], dict[str, dict[str, tuple[float, float]]]]:
-    """Metrics per direction and (when ``n_boot > 0``) their bootstrap intervals."""
+    """Metrics per direction and (when ``n_boot > 0``) their bootstrap intervals.
+
+    ``v2t`` is the video→text convention, a key of :data:`tvrbench.metrics.V2T_CONVENTIONS`.
+    """
     ranks = {
         "t2v": text_to_video_ranks(sim, text_to_video),
-        "v2t": video_to_text_ranks(sim, text_to_video),
+        "v2t": video_to_text_ranks(sim, text_to_video, v2t=v2t),
     }
     metrics = {name: summarize_ranks(r) for name, r in ranks.items()}
     intervals = {}
@@ -195,6 +218,26 @@ def _format_table(
     return "\n".join(lines)
 
 
+def conventions(v2t: str) -> dict[str, str]:
+    """The metric conventions named in every output (JSON keys and table footer)."""
+    return {
+        "mdr_convention": MDR_CONVENTION,
+        "v2t_convention": v2t,
+        "v2t_convention_description": V2T_CONVENTIONS[v2t],
+        "tie_convention": TIE_CONVENTION,
+    }
+
+
+def _format_conventions(v2t: str) -> str:
+    return "\n".join(
+        [
+            f"MdR: {MDR_CONVENTION}",
+            f"v2t: {v2t} ({V2T_CONVENTIONS[v2t]})",
+            f"ties: {TIE_CONVENTION}",
+        ]
+    )
+
+
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.bootstrap < 0:
@@ -213,7 +256,9 @@ def main(argv: list[str]) -> int:
                 "give --text-to-video MAP",
             )
         try:
-            metrics, intervals = compute(sim, text_to_video, args.bootstrap, args.seed)
+            metrics, intervals = compute(
+                sim, text_to_video, args.bootstrap, args.seed, v2t=args.v2t
+            )
         except NonFiniteScoresError as exc:  # already caught by load_similarity; kept as a guard
             raise MetricsInputError(sim_path, str(exc)) from exc
         except ValueError as exc:  # e.g. a video without any text (v2t)
@@ -223,7 +268,7 @@ def main(argv: list[str]) -> int:
         return 2
 
     if args.json:
-        payload: dict[str, object] = dict(metrics)
+        payload: dict[str, object] = {**metrics, **conventions(args.v2t)}
         if intervals:
             payload["ci"] = {
                 "level": 0.95,
@@ -234,4 +279,5 @@ def main(argv: list[str]) -> int:
         print(json.dumps(payload))
     else:
         print(_format_table(metrics, intervals))
+        print(_format_conventions(args.v2t))
     return 0

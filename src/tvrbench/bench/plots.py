@@ -1,4 +1,11 @@
-"""PNG plots of a benchmark run (matplotlib, Agg backend; nothing is shown)."""
+"""PNG plots of a benchmark run (matplotlib, Agg backend; nothing is shown).
+
+``results`` has a ``seed`` column: integer rows per training seed and ``seed = "mean"`` rows
+(:func:`tvrbench.bench.seeds.aggregate_seed_rows`). Lines and bands are the seed means with their
+two-level 95 % intervals; with several seeds each seed's value is drawn as a faint point. A table
+without a ``seed`` column (one seed) is plotted as it is. Every plot gives a method the same
+colour.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from tvrbench.bench.report import SYNTHETIC_BANNER, bucket_order
+from tvrbench.bench.seeds import count_seeds, per_seed_rows, summary_rows
 
 
 def _pyplot():
@@ -18,8 +26,9 @@ def _pyplot():
     return plt
 
 
-def _per_bucket(results: pd.DataFrame) -> pd.DataFrame:
-    order = bucket_order(results)
+def _per_bucket(results: pd.DataFrame, order: list[str] | None = None) -> pd.DataFrame:
+    """Rows of the length buckets (not "all") with ``bucket_pos``, the x position in ``order``."""
+    order = bucket_order(results) if order is None else order
     rows = results[results["bucket"].astype(str).isin(order)].copy()
     rows["bucket_pos"] = rows["bucket"].astype(str).map({b: i for i, b in enumerate(order)})
     return rows.sort_values(["method", "bucket_pos"])
@@ -44,30 +53,51 @@ def _finish(ax, fig, results: pd.DataFrame, title: str, synthetic: bool, path: P
     _pyplot().close(fig)
 
 
+def method_colours(results: pd.DataFrame, gallery: pd.DataFrame | None = None) -> dict[str, str]:
+    """One matplotlib colour per method, in the order the methods ran (same in every plot)."""
+    methods = list(results["method"].astype(str))
+    if gallery is not None and len(gallery) and "method" in gallery:
+        methods += list(gallery["method"].astype(str))
+    return {m: f"C{i % 10}" for i, m in enumerate(dict.fromkeys(methods))}
+
+
 def plot_all(
     results: pd.DataFrame, gallery: pd.DataFrame | None, out_dir: Path, synthetic: bool
 ) -> list[str]:
     """Write the four plots into ``out_dir``; returns their file names."""
     plt = _pyplot()
     out_dir = Path(out_dir)
-    rows = _per_bucket(results)
+    n_seeds = count_seeds(results)
+    headline = summary_rows(results)
+    rows = _per_bucket(headline)
+    seed_points = per_seed_rows(results) if n_seeds > 1 else headline.iloc[:0]
+    seed_points = _per_bucket(seed_points, bucket_order(headline))
     written = []
-    # One colour per method in every plot, in the order the methods ran.
-    colour = {m: f"C{i}" for i, m in enumerate(dict.fromkeys(results["method"]))}
+    colour = method_colours(results, gallery)
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        c = colour.get(method)
-        ax.plot(g["bucket_pos"], g["t2v_R@1"], marker="o", label=method, color=c)
+        c = colour.get(str(method))
+        label = f"{method} (mean of {n_seeds} seeds)" if n_seeds > 1 else str(method)
+        ax.plot(g["bucket_pos"], g["t2v_R@1"], marker="o", label=label, color=c)
         if {"t2v_R@1_lo", "t2v_R@1_hi"} <= set(g):
-            ax.fill_between(g["bucket_pos"], g["t2v_R@1_lo"], g["t2v_R@1_hi"], alpha=0.2, color=c)
+            ax.fill_between(
+                g["bucket_pos"],
+                g["t2v_R@1_lo"].astype(float),
+                g["t2v_R@1_hi"].astype(float),
+                alpha=0.2,
+                color=c,
+            )
+    for method, g in seed_points.groupby("method", sort=False):
+        ax.scatter(g["bucket_pos"], g["t2v_R@1"], s=12, alpha=0.35, color=colour.get(str(method)))
     if "chance_R@1" in rows and len(rows):
         ax.axhline(float(rows["chance_R@1"].iloc[0]), ls=":", c="grey", label="chance")
-    ax.set_ylabel("text→video R@1 (%) with 95 % CI")
+    band = "two-level 95 % CI, faint points = single seeds" if n_seeds > 1 else "95 % CI"
+    ax.set_ylabel(f"text→video R@1 (%)\n{band}")
     _finish(
         ax,
         fig,
-        results,
+        headline,
         "Accuracy versus video length",
         synthetic,
         out_dir / "accuracy_vs_length.png",
@@ -76,7 +106,7 @@ def plot_all(
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        c = colour.get(method)
+        c = colour.get(str(method))
         ax.plot(g["bucket_pos"], g["gflops_video"], marker="o", label=f"{method} video", color=c)
         ax.plot(
             g["bucket_pos"], g["gflops_pair"], marker="x", ls="--", label=f"{method} pair", color=c
@@ -84,13 +114,13 @@ def plot_all(
     ax.set_yscale("log")
     ax.set_ylabel("GFLOPs (multiply-adds)")
     _finish(
-        ax, fig, results, "Encoding and scoring cost", synthetic, out_dir / "gflops_vs_length.png"
+        ax, fig, headline, "Encoding and scoring cost", synthetic, out_dir / "gflops_vs_length.png"
     )
     written.append("gflops_vs_length.png")
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for method, g in rows.groupby("method", sort=False):
-        c = colour.get(method)
+        c = colour.get(str(method))
         ax.plot(
             g["bucket_pos"], g["latency_video_ms"], marker="o", label=f"{method} video", color=c
         )
@@ -107,7 +137,7 @@ def plot_all(
     _finish(
         ax,
         fig,
-        results,
+        headline,
         "Latency (encode one video / one query)",
         synthetic,
         out_dir / "latency_vs_length.png",
@@ -117,7 +147,7 @@ def plot_all(
     fig, ax = plt.subplots(figsize=(6.5, 4))
     if gallery is not None and len(gallery):
         for method, g in gallery.sort_values("gallery_size").groupby("method", sort=False):
-            c = colour.get(method)
+            c = colour.get(str(method))
             ax.plot(g["gallery_size"], g["ms_per_query"], marker="o", label=method, color=c)
         ax.set_xscale("log")
         ax.set_yscale("log")
@@ -133,3 +163,53 @@ def plot_all(
     plt.close(fig)
     written.append("cost_vs_gallery.png")
     return written
+
+
+STRESS_PLOT = "accuracy_vs_injected_length.png"
+
+
+def plot_stress(
+    stress: pd.DataFrame,
+    out_dir: Path,
+    synthetic: bool,
+    colours: dict[str, str] | None = None,
+) -> str:
+    """Text→video R@1 versus injected length (SPEC §6), one line per method; returns the name.
+
+    ``stress``: rows per method × ``injected_length_s`` (× ``seed``, with ``seed = "mean"`` rows
+    as in results.csv) holding ``t2v_R@1`` and, when known, ``t2v_R@1_lo/_hi``. Lengths are
+    evenly spaced on the x axis (0 = the unchanged gallery). ``colours``: e.g.
+    :func:`method_colours` of the results table, so a method keeps its colour across plots.
+    """
+    plt = _pyplot()
+    colour = colours or method_colours(stress)
+    headline = summary_rows(stress)
+    n_seeds = count_seeds(stress)
+    lengths = sorted({float(v) for v in headline["injected_length_s"]})
+    pos = {v: i for i, v in enumerate(lengths)}
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for method, g in headline.groupby("method", sort=False):
+        g = g.assign(x=g["injected_length_s"].astype(float).map(pos)).sort_values("x")
+        c = colour.get(str(method))
+        label = f"{method} (mean of {n_seeds} seeds)" if n_seeds > 1 else str(method)
+        ax.plot(g["x"], g["t2v_R@1"].astype(float), marker="o", label=label, color=c)
+        if {"t2v_R@1_lo", "t2v_R@1_hi"} <= set(g):
+            lo, hi = g["t2v_R@1_lo"].astype(float), g["t2v_R@1_hi"].astype(float)
+            ax.fill_between(g["x"], lo, hi, alpha=0.2, color=c)
+    if n_seeds > 1:
+        points = per_seed_rows(stress)
+        for method, g in points.groupby("method", sort=False):
+            x = g["injected_length_s"].astype(float).map(pos)
+            ax.scatter(x, g["t2v_R@1"].astype(float), s=12, alpha=0.35, color=colour.get(method))
+    labels = ["0 (unchanged)" if v == 0 else f"{v:g}" for v in lengths]
+    ax.set_xticks(range(len(lengths)), labels)
+    ax.set_xlabel("injected length T (s): distractors around each test video")
+    band = "two-level 95 % CI, faint points = single seeds" if n_seeds > 1 else "95 % CI"
+    ax.set_ylabel(f"text→video R@1 (%)\n{band}")
+    title = "Accuracy versus injected video length"
+    ax.set_title(title + (f"\n{SYNTHETIC_BANNER}" if synthetic else ""), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, Path(out_dir) / STRESS_PLOT)
+    plt.close(fig)
+    return STRESS_PLOT

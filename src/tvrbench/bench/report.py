@@ -1,15 +1,22 @@
 """The benchmark report: tables and findings computed from the numbers.
 
-Findings (all on text→video R@1):
+Findings (text→video R@1, and t2v mean rank):
 
-* the winner of every length bucket and of "all", and whether its lead over the runner-up is
-  significant. With per-query ranks available (the runner always has them) the test is a **paired
-  bootstrap** of the R@1 difference over the bucket's queries (both methods answer the same
-  queries): significant when the 95 % interval of the difference excludes 0. Without ranks it falls
-  back to **non-overlapping 95 % intervals** (conservative). The report says which was used.
+* the winner of every length bucket and of "all", and whether its lead over the runner-up is a
+  **finding**: with per-query ranks (the runner always has them) the test is the **two-level
+  paired bootstrap** of the difference (:func:`tvrbench.metrics.paired_two_level_bootstrap`:
+  the same resampled training seeds and, inside each, the same resampled queries for both
+  methods); a finding when its 95 % interval excludes 0. Each line also says in how many seeds
+  the order held ("3/3 seeds"). Without ranks it falls back to **non-overlapping 95 % intervals**
+  (conservative). The report says which was used. With one seed every verdict says that training
+  variance was not measured (SPEC §4.1).
 * accuracy per GFLOP: R@1 divided by the GFLOPs of one (text, video) pair end to end
   (text encoding + video encoding + pair scoring);
 * how the ranking of the methods changes from the shortest to the longest bucket.
+
+``results`` holds per-seed rows (``seed`` = the training seed) and the aggregated rows
+(``seed = "mean"``, :func:`tvrbench.bench.seeds.aggregate_seed_rows`); the headline numbers are
+the aggregated rows. A table without a ``seed`` column is read as one seed.
 """
 
 from __future__ import annotations
@@ -20,6 +27,24 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from tvrbench.bench.seeds import (
+    bucket_query_ids,
+    bucket_ranks,
+    count_seeds,
+    normalise_ranks,
+    per_seed_rows,
+    seed_key,
+    seeds_note,
+    summary_rows,
+)
+from tvrbench.metrics import (
+    MDR_CONVENTION,
+    TIE_CONVENTION,
+    V2T_CONVENTIONS,
+    PairedDifference,
+    paired_two_level_bootstrap,
+)
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA — these are not DiDeMo numbers"
 FAST_PROTOCOL_BANNER = (
@@ -34,29 +59,13 @@ PROTOCOL_DESCRIPTIONS = {
     ),
 }
 METRIC = "t2v_R@1"
+NOT_MEASURED = "1 seed: training variance not measured"
+RanksBySeed = Mapping[str, Mapping[Any, Any]]
 
 
 def bucket_order(results: pd.DataFrame) -> list[str]:
     """Length buckets in the order they appear (shortest first), without ``"all"``."""
     return [b for b in dict.fromkeys(results["bucket"].astype(str)) if b != "all"]
-
-
-def paired_bootstrap_r1(
-    ranks_a: np.ndarray, ranks_b: np.ndarray, n_boot: int = 1000, seed: int = 0, level=0.95
-) -> tuple[float, float, float]:
-    """R@1 difference (a − b, percentage points) over the same queries and its percentile
-    bootstrap interval, resampling queries jointly. Returns ``(diff, lo, hi)``."""
-    hit_a = (np.asarray(ranks_a) <= 1).astype(np.float64)
-    hit_b = (np.asarray(ranks_b) <= 1).astype(np.float64)
-    if hit_a.shape != hit_b.shape or hit_a.size == 0:
-        raise ValueError("paired bootstrap needs two non-empty rank arrays over the same queries")
-    diff = 100.0 * (hit_a - hit_b)  # (n,)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, diff.size, size=(n_boot, diff.size))
-    boots = diff[idx].mean(axis=1)
-    alpha = (1.0 - level) / 2.0
-    lo, hi = np.quantile(boots, [alpha, 1.0 - alpha])
-    return float(diff.mean()), float(lo), float(hi)
 
 
 def _fmt(x: Any, digits: int = 1) -> str:
@@ -82,9 +91,102 @@ def _ordinal(i: int) -> str:
     return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
 
 
-def _mean_rank_findings(results: pd.DataFrame, buckets: list[str]) -> list[str]:
-    """Lowest t2v mean rank per bucket, and whether its 95 % interval clears the runner-up's
-    (R@1 only looks at the top of the ranking; MnR sees every query, so the two can disagree)."""
+def _paired(
+    ranks: dict[str, dict[Any, Mapping[str, Any]]],
+    a: str,
+    b: str,
+    bucket: str,
+    key: str,
+    n_boot: int,
+    seed: int,
+) -> PairedDifference | None:
+    """Two-level paired bootstrap of ``key`` (``R@1``, ``MnR``, …) on t2v, ``a − b``, in one
+    bucket; None when either method's per-query ranks are missing or do not pair up."""
+    if a not in ranks or b not in ranks:
+        return None
+    per_a: dict[Any, np.ndarray] = {}
+    per_b: dict[Any, np.ndarray] = {}
+    ids_a: dict[Any, np.ndarray] = {}
+    ids_b: dict[Any, np.ndarray] = {}
+    for s in set(ranks[a]) & set(ranks[b]):
+        ra = bucket_ranks(ranks[a][s], "t2v", bucket)
+        rb = bucket_ranks(ranks[b][s], "t2v", bucket)
+        if ra is None or rb is None or not ra.size or ra.shape != rb.shape:
+            continue
+        per_a[s], per_b[s] = ra, rb
+        ia, ib = bucket_query_ids(ranks[a][s], bucket), bucket_query_ids(ranks[b][s], bucket)
+        if ia is not None and ib is not None:
+            ids_a[s], ids_b[s] = ia, ib
+    if not per_a:
+        return None
+    with_ids = len(ids_a) == len(per_a)
+    try:
+        return paired_two_level_bootstrap(
+            per_a,
+            per_b,
+            metric=key,
+            n_boot=n_boot,
+            seed=seed,
+            query_ids_a=ids_a if with_ids else None,
+            query_ids_b=ids_b if with_ids else None,
+        )
+    except ValueError:  # e.g. the two methods ranked different query ids
+        return None
+
+
+def _order_phrase(d: PairedDifference, a: str, b: str) -> str:
+    if d.diff == 0:
+        return f"tied in {d.seeds_held}/{d.n_seeds} seeds"
+    first, second = (a, b) if d.diff > 0 else (b, a)
+    return f"{first} ahead of {second} in {d.seeds_held}/{d.n_seeds} seeds"
+
+
+def _held_from_rows(
+    per_seed: pd.DataFrame | None, a: str, b: str, bucket: str, key: str, higher: bool
+) -> str | None:
+    """``"a ahead of b in k/S seeds"`` from per-seed rows (no ranks needed), or None."""
+    if per_seed is None or "seed" not in per_seed or key not in per_seed or not len(per_seed):
+        return None
+    rows = per_seed[per_seed["bucket"].astype(str) == bucket]
+
+    def by_seed(method: str) -> pd.Series:
+        own = rows[rows["method"].astype(str) == method]
+        return pd.Series(own[key].to_numpy(), index=[seed_key(s) for s in own["seed"]])
+
+    va, vb = by_seed(a), by_seed(b)
+    common = [s for s in va.index if s in vb.index]
+    if not common:
+        return None
+    sign = 1.0 if higher else -1.0
+    wins = sum(1 for s in common if sign * (float(va[s]) - float(vb[s])) > 0)
+    return f"{a} ahead of {b} in {wins}/{len(common)} seeds"
+
+
+def _variance_line(n_seeds: int) -> str:
+    if n_seeds <= 1:
+        return (
+            "**training variance was not measured (1 seed)**: every interval below covers only "
+            "which test queries were drawn; retraining with another seed can move R@1 by as much "
+            "as the gaps between methods (SPEC §4.1)."
+        )
+    return (
+        f"**training variance**: {n_seeds} seeds per method; numbers are seed means, intervals "
+        "come from a two-level bootstrap (seeds, then queries), and a difference is a finding "
+        "only when the two-level paired-bootstrap 95 % interval of the difference excludes 0."
+    )
+
+
+def _mean_rank_findings(
+    results: pd.DataFrame,
+    buckets: list[str],
+    ranks: dict[str, dict[Any, Mapping[str, Any]]] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    n_seeds: int = 1,
+) -> list[str]:
+    """Lowest t2v mean rank per bucket and whether its lead is a finding (the paired bootstrap
+    with ranks, else whether the 95 % intervals clear each other). R@1 only looks at the top of
+    the ranking; MnR sees every query, so the two can disagree."""
     key = "t2v_MnR"
     if key not in results:
         return []
@@ -95,13 +197,22 @@ def _mean_rank_findings(results: pd.DataFrame, buckets: list[str]) -> list[str]:
             continue
         rows = rows.sort_values(key)
         best, second = rows.iloc[0], rows.iloc[1]
-        lo_2, hi_1 = second.get(key + "_lo"), best.get(key + "_hi")
-        if hi_1 is None or lo_2 is None or math.isnan(float(hi_1)) or math.isnan(float(lo_2)):
-            verdict = "no intervals"
-        elif float(hi_1) < float(lo_2):
-            verdict = "95 % intervals do not overlap"
+        a, b = str(best["method"]), str(second["method"])
+        paired = _paired(ranks or {}, a, b, bucket, "MnR", n_boot, seed)
+        if paired is not None:
+            verdict = (
+                f"difference {paired.diff:+.1f} [{paired.lo:+.1f}, {paired.hi:+.1f}], "
+                f"{paired.seeds_held}/{paired.n_seeds} seeds → "
+                + ("**a finding**" if paired.excludes_zero else "not a finding")
+            )
         else:
-            verdict = "95 % intervals overlap"
+            lo_2, hi_1 = second.get(key + "_lo"), best.get(key + "_hi")
+            if hi_1 is None or lo_2 is None or math.isnan(float(hi_1)) or math.isnan(float(lo_2)):
+                verdict = "no intervals"
+            elif float(hi_1) < float(lo_2):
+                verdict = "95 % intervals do not overlap"
+            else:
+                verdict = "95 % intervals overlap"
         where = "overall" if bucket == "all" else bucket
         parts.append(
             f"{where}: {best['method']} {_fmt(best[key])} vs {second['method']} "
@@ -109,31 +220,49 @@ def _mean_rank_findings(results: pd.DataFrame, buckets: list[str]) -> list[str]:
         )
     if not parts:
         return []
-    return ["**lowest t2v mean rank** (MnR, lower is better): " + "; ".join(parts) + "."]
+    method = "two-level paired bootstrap" if ranks else "interval overlap"
+    tail = f" ({NOT_MEASURED})" if n_seeds <= 1 else ""
+    return [
+        f"**lowest t2v mean rank** (MnR, lower is better; {method}): "
+        + "; ".join(parts)
+        + f"{tail}."
+    ]
 
 
 def findings(
     results: pd.DataFrame,
-    ranks: Mapping[str, Mapping[str, Any]] | None = None,
+    ranks: RanksBySeed | None = None,
     n_boot: int = 1000,
     seed: int = 0,
 ) -> list[str]:
-    """Sentences computed from a results table (one row per method × bucket).
+    """Sentences computed from a results table.
 
     Args:
-        results: needs ``method, bucket, t2v_R@1, t2v_R@1_lo, t2v_R@1_hi`` and, for accuracy per
-            GFLOP, ``gflops_text, gflops_video, gflops_pair``.
-        ranks: optional per method ``{"ranks_t2v": [n], "bucket": [n] names}`` over the same
-            queries in the same order; enables the paired bootstrap.
+        results: rows per method × bucket (× seed): needs ``method, bucket, t2v_R@1,
+            t2v_R@1_lo, t2v_R@1_hi`` and, for accuracy per GFLOP, ``gflops_text, gflops_video,
+            gflops_pair``. With a ``seed`` column the ``seed == "mean"`` rows are the headline and
+            the integer-seed rows count the seeds.
+        ranks: ``{method: {seed: {"ranks_t2v": [n], "bucket": [n] names, "index": [n]}}}``,
+            per-query test ranks of every training seed (``index`` pairs the queries of two
+            methods; without it they pair by position). The one-seed layout ``{method:
+            {"ranks_t2v": ..., ...}}`` is accepted too. Enables the paired bootstrap.
+        n_boot, seed: resamples and resampling seed of the paired bootstrap.
+
+    Returns:
+        Markdown sentences; the first says whether training variance was measured.
     """
-    out: list[str] = []
-    buckets = bucket_order(results)
-    methods = list(dict.fromkeys(results["method"]))
+    headline = summary_rows(results)
+    per_seed = per_seed_rows(results) if "seed" in results else None
+    all_ranks = normalise_ranks(ranks)
+    n_seeds = max([count_seeds(results), *(len(v) for v in all_ranks.values())])
+    out: list[str] = [_variance_line(n_seeds)]
+    buckets = bucket_order(headline)
+    methods = list(dict.fromkeys(headline["method"]))
     for bucket in [*buckets, "all"]:
-        rows = results[results["bucket"].astype(str) == bucket].dropna(subset=[METRIC])
+        rows = headline[headline["bucket"].astype(str) == bucket].dropna(subset=[METRIC])
         if len(rows) == 0:
             continue
-        rows = rows.sort_values(METRIC, ascending=False)
+        rows = rows.sort_values(METRIC, ascending=False, kind="stable")
         best = rows.iloc[0]
         where = "overall" if bucket == "all" else f"bucket {bucket}"
         n_q = int(best["n_queries"]) if "n_queries" in best else None
@@ -143,7 +272,9 @@ def findings(
             continue
         second = rows.iloc[1]
         lead = float(best[METRIC] - second[METRIC])
-        verdict = _significance(best, second, bucket, ranks, n_boot, seed)
+        verdict = _significance(best, second, bucket, all_ranks, per_seed, n_boot, seed)
+        if n_seeds <= 1:
+            verdict = verdict.removesuffix(".") + f" ({NOT_MEASURED})."
         tie = " (tied)" if lead == 0 else ""
         verb = "ties for first on" if lead == 0 else "wins"
         out.append(
@@ -153,10 +284,10 @@ def findings(
             f"[{_fmt(second.get(METRIC + '_lo'))}, {_fmt(second.get(METRIC + '_hi'))}]{tie}; "
             f"{verdict}"
         )
-    out.extend(_mean_rank_findings(results, [*buckets, "all"]))
+    out.extend(_mean_rank_findings(headline, [*buckets, "all"], all_ranks, n_boot, seed, n_seeds))
     # Accuracy per GFLOP, overall.
     cost_cols = ["gflops_text", "gflops_video", "gflops_pair"]
-    overall = results[results["bucket"].astype(str) == "all"]
+    overall = headline[headline["bucket"].astype(str) == "all"]
     if len(overall) and all(c in overall for c in cost_cols):
         cost = overall[cost_cols].sum(axis=1)
         per = (overall[METRIC] / cost).where(cost > 0)
@@ -173,8 +304,8 @@ def findings(
     # Ranking change from the shortest to the longest bucket.
     if len(buckets) >= 2 and len(methods) >= 2:
         first, last = buckets[0], buckets[-1]
-        r_first = _ranking(results, first)
-        r_last = _ranking(results, last)
+        r_first = _ranking(headline, first)
+        r_last = _ranking(headline, last)
         if r_first and r_last:
             if r_first == r_last:
                 out.append(
@@ -200,37 +331,73 @@ def _ranking(results: pd.DataFrame, bucket: str) -> list[str]:
     return list(rows.sort_values(METRIC, ascending=False, kind="stable")["method"])
 
 
-def _significance(best, second, bucket, ranks, n_boot: int, seed: int) -> str:
+def _significance(
+    best: pd.Series,
+    second: pd.Series,
+    bucket: str,
+    ranks: dict[str, dict[Any, Mapping[str, Any]]],
+    per_seed: pd.DataFrame | None,
+    n_boot: int,
+    seed: int,
+) -> str:
     a, b = str(best["method"]), str(second["method"])
-    if ranks and a in ranks and b in ranks:
-        ra, rb = _bucket_ranks(ranks[a], bucket), _bucket_ranks(ranks[b], bucket)
-        if ra is not None and rb is not None and ra.size and ra.shape == rb.shape:
-            diff, lo, hi = paired_bootstrap_r1(ra, rb, n_boot=n_boot, seed=seed)
-            sig = lo > 0 or hi < 0
-            return (
-                f"the difference {diff:+.1f} points has paired-bootstrap 95 % interval "
-                f"[{lo:+.1f}, {hi:+.1f}] → "
-                + ("**significant**." if sig else "not significant (the interval contains 0).")
+    paired = _paired(ranks, a, b, bucket, "R@1", n_boot, seed)
+    if paired is not None:
+        return (
+            f"the difference {paired.diff:+.1f} points has two-level paired-bootstrap 95 % "
+            f"interval [{paired.lo:+.1f}, {paired.hi:+.1f}] ({paired.n_seeds} seed"
+            f"{'s' if paired.n_seeds != 1 else ''} × {paired.n_queries} queries), "
+            f"{_order_phrase(paired, a, b)} → "
+            + (
+                "**a finding**."
+                if paired.excludes_zero
+                else "not a finding (the interval contains 0)."
             )
+        )
+    held = _held_from_rows(per_seed, a, b, bucket, METRIC, higher=True)
+    held_text = f" ({held})" if held else ""
     lo_a, hi_b = best.get(METRIC + "_lo"), second.get(METRIC + "_hi")
     if lo_a is None or hi_b is None or math.isnan(float(lo_a)) or math.isnan(float(hi_b)):
-        return "no intervals available to judge significance."
+        return f"no intervals available to judge significance{held_text}."
     if float(lo_a) > float(hi_b):
-        return "the 95 % intervals do not overlap → **significant**."
-    return "the 95 % intervals overlap → the difference is not significant."
+        return f"the 95 % intervals do not overlap{held_text} → **a finding**."
+    return f"the 95 % intervals overlap{held_text} → not a finding."
 
 
-def _bucket_ranks(entry: Mapping[str, Any], bucket: str) -> np.ndarray | None:
-    ranks = entry.get("ranks_t2v")
-    if ranks is None:
-        return None
-    ranks = np.asarray(ranks)
-    if bucket == "all":
-        return ranks
-    names = entry.get("bucket")
-    if names is None:
-        return None
-    return ranks[np.asarray(names).astype(str) == bucket]
+def _seed_list(results: pd.DataFrame, info: Mapping[str, Any]) -> list[Any]:
+    cfg = info.get("config") or {}
+    seeds = info.get("seeds") or cfg.get("seeds")
+    if seeds is None:
+        rows = per_seed_rows(results)
+        if "seed" in rows and len(rows):
+            seeds = sorted({seed_key(s) for s in rows["seed"]}, key=str)
+    if seeds is None:
+        return []
+    return list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
+
+
+def _with_spread(row: pd.Series, key: str, several: bool) -> str:
+    value = _fmt(row.get(key))
+    if several:
+        value += f" ± {_fmt(row.get(key + '_std'))}"
+    return value
+
+
+def _per_seed_table(results: pd.DataFrame, seeds: list[Any]) -> list[str]:
+    """t2v R@1 of every training seed, one row per method × bucket."""
+    rows = per_seed_rows(results)
+    if "seed" not in rows or not len(rows) or METRIC not in rows:
+        return []
+    keyed = rows.assign(_seed=rows["seed"].map(seed_key))
+    seeds = seeds or sorted(set(keyed["_seed"]), key=str)
+    body = []
+    for (method, bucket), g in keyed.groupby(
+        [keyed["method"].astype(str), keyed["bucket"].astype(str)], sort=False
+    ):
+        by_seed = dict(zip(g["_seed"], g[METRIC]))
+        body.append([method, bucket, *[_fmt(by_seed.get(seed_key(s))) for s in seeds]])
+    header = ["method", "bucket", *[f"seed {s}" for s in seeds]]
+    return ["## t2v R@1 per training seed", "", markdown_table(body, header), ""]
 
 
 def render_report(
@@ -240,30 +407,50 @@ def render_report(
     finding_lines: Sequence[str],
     plots: Sequence[str] = (),
 ) -> str:
-    """The Markdown report. ``info``: ``data``, ``environment``, ``config``, ``bad_videos``,
-    ``run_dir``, ``notes``, ``protocol`` (default ``finetune``; ``cached_features`` puts
-    :data:`FAST_PROTOCOL_BANNER` at the top and the bottom) and ``skipped`` (``{method:
-    reason}``, one line each)."""
+    """The Markdown report.
+
+    ``results``: per-seed rows and ``seed = "mean"`` rows (or one row per method × bucket, read
+    as one seed). ``info``: ``data``, ``environment``, ``config``, ``bad_videos``, ``run_dir``,
+    ``notes``, ``protocol`` (default ``finetune``; ``cached_features`` puts
+    :data:`FAST_PROTOCOL_BANNER` at the top and the bottom), ``skipped`` (``{method: reason}``,
+    one line each), ``seeds`` (the training seeds; default ``config["seeds"]`` or the table's) and
+    ``v2t_convention`` (a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`, default
+    ``config["v2t"]`` or ``"best-caption"``)."""
     synthetic = info.get("data") == "synthetic"
     protocol = str(info.get("protocol") or "finetune")
     fast = protocol == "cached_features"
-    env = info.get("environment", {})
-    cfg = info.get("config", {})
+    env = info.get("environment", {}) or {}
+    cfg = info.get("config", {}) or {}
+    headline = summary_rows(results)
+    seeds = _seed_list(results, info)
+    n_seeds = max(len(seeds), count_seeds(results))
+    several = n_seeds > 1
+    v2t = str(info.get("v2t_convention") or cfg.get("v2t") or "best-caption")
     lines: list[str] = []
     if synthetic:
         lines += [f"> **{SYNTHETIC_BANNER}**", ""]
     if fast:
         lines += [f"> **{FAST_PROTOCOL_BANNER}**", ""]
     lines += ["# tvrbench — text→video retrieval per video length", ""]
+    gpu = ""
+    if env.get("gpu_name"):
+        gpu = f"; GPU {env.get('gpu_name')}, driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}"
     lines += [
         f"- data: {info.get('data')} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
         f"clip_seconds: {cfg.get('clip_seconds')}, backbone: {cfg.get('clip')}",
         f"- device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
         f"{env.get('threads')} threads; dense matmul {_fmt(env.get('matmul_gflops_per_s'))} "
         "GFLOP/s (1 FLOP = 1 multiply-add)",
+    ]
+    if env.get("cpu_model") or gpu:
+        lines.append(f"- CPU: {env.get('cpu_model') or 'unknown'}{gpu}")
+    lines += [
         f"- torch {env.get('torch')}, lightning {env.get('lightning')}, transformers "
         f"{env.get('transformers')}, commit {env.get('git_commit')}",
         "- checkpoints selected on the validation split (val/R@1); test used once.",
+        f"- metrics: ranks 1-based, {TIE_CONVENTION}; MdR = {MDR_CONVENTION}; "
+        f"v2t convention: {v2t} ({V2T_CONVENTIONS.get(v2t, 'unknown')})",
+        f"- seeds: {', '.join(map(str, seeds)) or 'not recorded'} — {seeds_note(n_seeds)}",
         f"- bad videos: {info.get('bad_videos', 0)} (bad_videos.csv)",
         f"- protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}",
     ]
@@ -278,23 +465,30 @@ def render_report(
     ]
     lines += [f"- {s}" for s in finding_lines] or ["- (no results)"]
     lines += ["", "## Text→video and video→text per length bucket", ""]
+    if several:
+        lines += [
+            f"Seed means ± sample std over {n_seeds} seeds; 95 % intervals from a two-level "
+            "bootstrap (seeds, then queries).",
+            "",
+        ]
+    spread = " ± std" if several else ""
     header = [
         "method",
         "bucket",
         "n",
         "dur s",
         "frames",
-        "t2v R@1 [95 % CI]",
+        f"t2v R@1{spread} [95 % CI]",
         "R@5",
         "R@10",
         "MdR",
-        "MnR",
+        f"MnR{spread}",
         "v2t R@1",
         "v2t MnR",
         "chance R@1",
     ]
     rows = []
-    for _, r in results.iterrows():
+    for _, r in headline.iterrows():
         rows.append(
             [
                 r["method"],
@@ -302,17 +496,21 @@ def render_report(
                 _fmt(r.get("n_queries")),
                 _fmt(r.get("mean_duration_s")),
                 _fmt(r.get("mean_frames")),
-                f"{_fmt(r['t2v_R@1'])} [{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]",
+                f"{_with_spread(r, 't2v_R@1', several)} "
+                f"[{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]",
                 _fmt(r.get("t2v_R@5")),
                 _fmt(r.get("t2v_R@10")),
                 _fmt(r.get("t2v_MdR")),
-                _fmt(r.get("t2v_MnR")),
+                _with_spread(r, "t2v_MnR", several),
                 _fmt(r.get("v2t_R@1")),
                 _fmt(r.get("v2t_MnR")),
                 _fmt(r.get("chance_R@1"), 2),
             ]
         )
-    lines += [markdown_table(rows, header), "", "## Cost per length bucket", ""]
+    lines += [markdown_table(rows, header), ""]
+    if several:
+        lines += _per_seed_table(results, seeds)
+    lines += ["## Cost per length bucket", ""]
     header = [
         "method",
         "bucket",
@@ -332,8 +530,10 @@ def render_report(
             f"{_fmt(r.get('latency_query_ms'), 2)} ({_fmt(r.get('latency_query_p90_ms'), 2)})",
             f"{_fmt(r.get('latency_video_ms'), 2)} ({_fmt(r.get('latency_video_p90_ms'), 2)})",
         ]
-        for _, r in results.iterrows()
+        for _, r in headline.iterrows()
     ]
+    if several:
+        lines += ["Costs are means over seeds.", ""]
     lines += [markdown_table(rows, header), ""]
     if gallery is not None and len(gallery):
         lines += ["## Retrieval time per query versus gallery size", ""]

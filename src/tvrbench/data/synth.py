@@ -129,8 +129,9 @@ def _article(word: str) -> str:
 def vocabulary() -> list[str]:
     """Every word a generated sentence can contain (lower-case, sorted, no punctuation).
 
-    A pure function of the module's constants; the tiny tokenizer builds its word-level
-    vocabulary from it.
+    A pure function of the module's constants. The tiny tokenizer's word-level vocabulary is a
+    frozen copy of it, :data:`tvrbench.vocabulary.TINY_WORDS` (token ids must never move); a
+    test checks that the two agree, so a new word here needs a deliberate change there.
     """
     words: set[str] = set()
     for template in TEMPLATES:
