@@ -91,9 +91,9 @@ def inter_diversity_loss(video_concepts: Tensor, margin: float = 0.9) -> Tensor:
     """
     b, q, _ = video_concepts.shape
     gram = torch.einsum("bpd,bqd->pq", video_concepts, video_concepts) / b  # (Q, Q)
-    off = ~torch.eye(q, dtype=torch.bool, device=gram.device)
     if q < 2:
         return gram.sum() * 0.0
+    off = ~torch.eye(q, dtype=torch.bool, device=gram.device)
     return (gram[off] - margin).clamp_min(0.0).mean()
 
 
@@ -226,9 +226,8 @@ class GLSCLHead(RetrievalHead):
     def score(self, text: State, video: State) -> Tensor:
         """Unscaled ``S = S_g + λ·S_l``, ``[Bt, Bv]``, float32 with autocast off."""
         with torch.autocast(device_type=text["sentence"].device.type, enabled=False):
-            return self.global_score(text, video) + self.local_weight * self.local_score(
-                text, video
-            )
+            s_g = self.global_score(text, video)  # (Bt, Bv)
+            return s_g + self.local_weight * self.local_score(text, video)
 
     def global_score(self, text: State, video: State) -> Tensor:
         """GIM ``S_g = cos(t, ṽ)`` for every pair, ``[Bt, Bv]``, without forming ṽ."""

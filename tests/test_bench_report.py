@@ -11,7 +11,7 @@ import torch
 
 from tvrbench.bench import report
 from tvrbench.bench.environment import collect_environment, cpu_model, device_name
-from tvrbench.bench.plots import method_colours, plot_all
+from tvrbench.bench.plots import method_colours, plot_all, plot_stress
 from tvrbench.bench.report import findings, render_report
 from tvrbench.bench.seeds import aggregate_seed_rows
 from tvrbench.metrics import MDR_CONVENTION, bootstrap_ci, paired_two_level_bootstrap
@@ -252,3 +252,48 @@ def test_cuda_environment_names_gpu_driver_and_cuda():
     assert env["cuda"] == torch.version.cuda and env["gpu_memory_gib"] > 0
     assert env["gpu_driver"] is None or env["gpu_driver"][0].isdigit()
     assert env["cpu_model"] != platform.machine()
+
+
+def test_stress_plot_and_report_sections(tmp_path):
+    rows = []
+    for method, base in (("A", 40.0), ("B", 30.0)):
+        for seed in (0, 1):
+            for t in (0, 30, 60):
+                r1 = base - t / 6 + seed
+                rows.append(
+                    {
+                        "method": method,
+                        "seed": seed,
+                        "injected_length_s": t,
+                        "n_queries": 50,
+                        "t2v_R@1": r1,
+                        "t2v_R@1_lo": r1 - 5,
+                        "t2v_R@1_hi": r1 + 5,
+                        "t2v_MnR": 10.0 + t,
+                        "mean_relevant_fraction": 30 / (30 + t),
+                    }
+                )
+    stress = pd.DataFrame(rows)
+    stress = pd.concat(
+        [stress, pd.DataFrame(aggregate_seed_rows(rows, None, group_key="injected_length_s"))],
+        ignore_index=True,
+    )
+    name = plot_stress(stress, tmp_path, synthetic=True)
+    assert (tmp_path / name).stat().st_size > 0
+    one = stress[stress["seed"].astype(str) == "0"]
+    assert plot_stress(one, tmp_path, synthetic=False) == name
+    df = table([("A", "all", 10, 50.0, 40.0, 60.0), ("B", "all", 10, 40.0, 30.0, 50.0)])
+    info = {
+        "data": "didemo",
+        "stress": stress,
+        "stress_findings": ["A loses 10 R@1 from 0 to 60 s."],
+        "published": {"A": {"R@1": 43.4, "MnR": 17.5}},
+        "recipes": {"A": {"recipe": "shared"}, "B": "published"},
+        "training_variance": "training variance measured over 2 seeds",
+    }
+    text = render_report(df, None, info, findings(df))
+    assert "## Controlled length" in text and "- A loses 10 R@1 from 0 to 60 s." in text
+    assert "| A | 60 | 50 | 0.33 | 30.5 ± 0.7 [–, –] |" in text  # no ranks: no interval
+    assert "| A | 43.4 | 17.5 |" in text
+    assert "- recipes: A: shared; B: published" in text
+    assert "— training variance measured over 2 seeds" in text

@@ -27,6 +27,16 @@ ROOT = Path(__file__).resolve().parents[1]
 D, MAX_FRAMES, Q = 32, 9, 4
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: intra-op threads cost more than they save (on a loaded machine,
+    ten times more), so the tests run on one and restore the setting afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_head(mask_padding: bool = True, seed: int = 0, perturb: bool = True, **kwargs):
     """A small head in eval mode; ``perturb`` moves every parameter off its initialisation (the
     temporal encoder's zero projections included) so that every weight matters."""
@@ -305,8 +315,8 @@ def test_losses_on_hand_built_concepts():
     # Orthogonal concepts (G_pq = 0 off the diagonal): no diversity penalty.
     ortho = torch.eye(3)[None].repeat(4, 1, 1)  # (B, Q, D)
     assert inter_diversity_loss(ortho).item() == 0.0
-    # Text concepts opposite to the video ones: MSE of (e_q) − (−e_q) per element = 4/Q·... by hand:
-    # means are ±I, squared difference 4 on the 3 diagonal entries of 9 → 4/3; K_qq = −4/3.
+    # Text concepts opposite to the video ones (B = 4, Q = D = 3): the batch means are I and −I,
+    # squared difference 4 on 3 of the 9 entries → MSE 4/3; K_qq = (1/3) · 4 · (−1) = −4/3.
     icl = intra_consistency_loss(ortho, -ortho, beta=0.005)
     assert icl.item() == pytest.approx(4 / 3 + 0.005 * 3 * (-4 / 3 - 0.75) ** 2, abs=1e-6)
 
@@ -411,10 +421,11 @@ def fake_batch(b: int = 6, frames: int = 4, words: int = 32, seed: int = 0):
     for i in range(b):
         attention_mask[i, : 5 + i] = 1
     frame_mask = torch.arange(frames)[None] < torch.tensor([4, 3, 2, 1, 4, 3])[:b, None]
+    pixels = torch.randn(b, frames, 3, 32, 32, generator=g)  # (B, N, 3, H, W)
     return {
         "input_ids": torch.randint(4, 20, (b, words), generator=g) * attention_mask,
         "attention_mask": attention_mask,
-        "frames": torch.randn(b, frames, 3, 32, 32, generator=g) * frame_mask[..., None, None, None],
+        "frames": pixels * frame_mask[..., None, None, None],
         "frame_mask": frame_mask,
         "index": torch.arange(b),
         "bucket": torch.zeros(b, dtype=torch.long),
@@ -423,9 +434,7 @@ def fake_batch(b: int = 6, frames: int = 4, words: int = 32, seed: int = 0):
 
 def tiny_module(**kwargs) -> GLSCLModule:
     torch.manual_seed(0)
-    args = dict(
-        clip="tiny", max_frames=4, temporal_layers=1, ffn_dim=256, temporal_init="identity"
-    )
+    args = dict(clip="tiny", max_frames=4, temporal_layers=1, ffn_dim=256, temporal_init="identity")
     args.update(kwargs)
     return GLSCLModule(**args)
 

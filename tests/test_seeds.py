@@ -159,3 +159,38 @@ def test_results_frame_helpers_survive_a_csv_round_trip(tmp_path):
     assert count_seeds(df) == 2
     legacy = df.drop(columns=["seed", "n_seeds"])
     assert len(summary_rows(legacy)) == len(legacy) and count_seeds(legacy) == 1
+
+
+def test_other_group_key_with_both_rank_layouts():
+    """Controlled-length rows group by ``injected_length_s``; ranks as per-query lists or as one
+    sub-entry per length give the same intervals."""
+    rng = np.random.default_rng(3)
+    lengths = np.array([0] * 5 + [30] * 5)
+    per_query, per_length, rows = {}, {}, []
+    for s in (0, 1):
+        t2v, v2t = rng.integers(1, 9, 10), rng.integers(1, 9, 10)
+        per_query[s] = {
+            "ranks_t2v": t2v.tolist(),
+            "ranks_v2t": v2t.tolist(),
+            "injected_length_s": lengths.tolist(),
+        }
+        per_length[s] = {
+            str(t): {"ranks_t2v": t2v[lengths == t].tolist(), "ranks_v2t": v2t[lengths == t]}
+            for t in (0, 30)
+        }
+        for t in (0, 30):
+            row = {"method": "a", "injected_length_s": t, "seed": s, "n_queries": 5}
+            row.update({c: float(s + t) for c in METRIC_COLUMNS})
+            rows.append(row)
+    agg = aggregate_seed_rows(rows, {"a": per_query}, n_boot=30, group_key="injected_length_s")
+    assert [(r["injected_length_s"], r["seed"]) for r in agg] == [(0, "mean"), (30, "mean")]
+    assert "bucket" not in agg[0] and agg[1]["t2v_R@1"] == 30.5
+    expected = two_level_bootstrap_ci(
+        [np.asarray(per_query[s]["ranks_t2v"])[lengths == 30] for s in (0, 1)], n_boot=30
+    )
+    assert (agg[1]["t2v_MnR_lo"], agg[1]["t2v_MnR_hi"]) == expected["MnR"]
+    other = aggregate_seed_rows(rows, {"a": per_length}, n_boot=30, group_key="injected_length_s")
+    assert other == agg
+    no_length = {k: v for k, v in rows[0].items() if k != "injected_length_s"}
+    with pytest.raises(ValueError, match="has no 'injected_length_s'"):
+        aggregate_seed_rows([no_length], None, group_key="injected_length_s")

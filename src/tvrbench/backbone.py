@@ -1,9 +1,9 @@
 """CLIP backbone shared by every method (SPEC §1).
 
-One loading path for everything: a Hugging Face hub id resolved from the local cache
-(``openai/clip-vit-base-patch32``), a local directory written by ``save_pretrained``, or
-``"tiny"`` — a small random CLIP built in code with an offline word-level tokenizer, used by the
-tests and by the built-in synthetic benchmark.
+One loading path for everything: a Hugging Face hub id (``openai/clip-vit-base-patch32``), a
+local directory written by ``save_pretrained``, or ``"tiny"`` — a small random CLIP built in code
+with an offline word-level tokenizer (vocabulary: :mod:`tvrbench.vocabulary`), used by the tests
+and by the built-in synthetic benchmark.
 
 Hub conventions: a hub id is resolved like ``transformers`` resolves it, from the Hugging Face
 cache and, when online, from the Hub. With ``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE`` set,

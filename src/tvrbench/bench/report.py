@@ -400,6 +400,73 @@ def _per_seed_table(results: pd.DataFrame, seeds: list[Any]) -> list[str]:
     return ["## t2v R@1 per training seed", "", markdown_table(body, header), ""]
 
 
+def _recipe_names(recipes: Mapping[str, Any] | None) -> str:
+    """``"meanp: shared; xpool: published"`` from ``{method: recipe record or name}``."""
+    parts = []
+    for method, recipe in (recipes or {}).items():
+        if isinstance(recipe, Mapping):
+            recipe = recipe.get("recipe") or recipe.get("name")
+        if recipe:
+            parts.append(f"{method}: {recipe}")
+    return "; ".join(parts)
+
+
+def _stress_section(stress: pd.DataFrame | None, stress_lines: Sequence[str]) -> list[str]:
+    """Controlled-length rows (SPEC §6): seed means per method × injected length."""
+    if stress is None or not len(stress):
+        return []
+    headline = summary_rows(stress)
+    several = count_seeds(stress) > 1
+    spread = " ± std" if several else ""
+    lines = [
+        "## Controlled length: distractors injected around every test video",
+        "",
+        *[f"- {s}" for s in stress_lines],
+        *([""] if stress_lines else []),
+    ]
+    header = [
+        "method",
+        "injected s",
+        "n",
+        "relevant fraction",
+        f"t2v R@1{spread} [95 % CI]",
+        f"MnR{spread}",
+        "frames",
+        "GFLOPs video",
+        "video ms",
+    ]
+    rows = [
+        [
+            r["method"],
+            _fmt(r.get("injected_length_s"), 0),
+            _fmt(r.get("n_queries")),
+            _fmt(r.get("mean_relevant_fraction"), 2),
+            f"{_with_spread(r, 't2v_R@1', several)} "
+            f"[{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]",
+            _with_spread(r, "t2v_MnR", several),
+            _fmt(r.get("mean_frames")),
+            _fmt(r.get("gflops_video"), 4),
+            _fmt(r.get("latency_video_ms"), 2),
+        ]
+        for _, r in headline.iterrows()
+    ]
+    return [*lines, markdown_table(rows, header), ""]
+
+
+def _published_section(published: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The papers' own DiDeMo text→video numbers, for orientation (not measured here)."""
+    if not published:
+        return []
+    keys = list(dict.fromkeys(k for v in published.values() for k in v))
+    rows = [[m, *[_fmt(v.get(k)) for k in keys]] for m, v in published.items()]
+    return [
+        "## Published DiDeMo text→video numbers (from the papers, for orientation)",
+        "",
+        markdown_table(rows, ["method", *keys]),
+        "",
+    ]
+
+
 def render_report(
     results: pd.DataFrame,
     gallery: pd.DataFrame | None,
@@ -413,9 +480,13 @@ def render_report(
     as one seed). ``info``: ``data``, ``environment``, ``config``, ``bad_videos``, ``run_dir``,
     ``notes``, ``protocol`` (default ``finetune``; ``cached_features`` puts
     :data:`FAST_PROTOCOL_BANNER` at the top and the bottom), ``skipped`` (``{method: reason}``,
-    one line each), ``seeds`` (the training seeds; default ``config["seeds"]`` or the table's) and
-    ``v2t_convention`` (a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`, default
-    ``config["v2t"]`` or ``"best-caption"``)."""
+    one line each), ``seeds`` (the training seeds; default ``config["seeds"]`` or the table's),
+    ``training_variance`` (the :func:`~tvrbench.bench.seeds.seeds_note` line; computed when
+    absent), ``v2t_convention`` (a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`, default
+    ``config["v2t"]`` or ``"best-caption"``), ``recipes`` (``{method: recipe record or name}``),
+    ``stress`` (controlled-length DataFrame, rows per method × ``injected_length_s`` × seed
+    plus ``seed = "mean"`` rows) with ``stress_findings`` (sentences), and ``published``
+    (``{method: {metric: value}}``)."""
     synthetic = info.get("data") == "synthetic"
     protocol = str(info.get("protocol") or "finetune")
     fast = protocol == "cached_features"
@@ -450,10 +521,14 @@ def render_report(
         "- checkpoints selected on the validation split (val/R@1); test used once.",
         f"- metrics: ranks 1-based, {TIE_CONVENTION}; MdR = {MDR_CONVENTION}; "
         f"v2t convention: {v2t} ({V2T_CONVENTIONS.get(v2t, 'unknown')})",
-        f"- seeds: {', '.join(map(str, seeds)) or 'not recorded'} — {seeds_note(n_seeds)}",
+        f"- seeds: {', '.join(map(str, seeds)) or 'not recorded'} — "
+        f"{info.get('training_variance') or seeds_note(n_seeds)}",
         f"- bad videos: {info.get('bad_videos', 0)} (bad_videos.csv)",
         f"- protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}",
     ]
+    recipes = _recipe_names(info.get("recipes"))
+    if recipes:
+        lines.append(f"- recipes: {recipes}")
     lines += [
         f"- **skipped: {method}** — {reason}"
         for method, reason in (info.get("skipped") or {}).items()
@@ -554,6 +629,8 @@ def render_report(
                     f"matmul rate: {', '.join(parts)}.",
                     "",
                 ]
+    lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
+    lines += _published_section(info.get("published") or {})
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     for note in info.get("notes", []):

@@ -160,6 +160,10 @@ def run_bench(
     run_dir.mkdir(parents=True, exist_ok=True)
     banner = "*** SYNTHETIC DATA — these are not DiDeMo numbers ***" if synthetic else "DiDeMo"
     print(f"\n{banner}  (run: {run_dir}; recipe {recipe_name}; seeds {seed_values})\n")
+    if protocol == "cached_features":
+        from tvrbench.bench.report import FAST_PROTOCOL_BANNER
+
+        print(f"\n*** {FAST_PROTOCOL_BANNER} ***\n")
     root = starting_point.data_root(didemo_root, cache_root, seed, synth_videos)
     bench_data: dict[str, Any] = {"root": str(root), "tokenizer": clip}
     if cache_dir:
