@@ -12,6 +12,7 @@ DIDEMO_ROOT ?=
 CLIP ?=
 DEVICE ?= auto
 METHODS ?=
+SEEDS ?=
 OUT ?= outputs/bench-didemo
 BENCH_ARGS ?=
 BENCH_CONFIG ?= configs/bench/didemo.yaml
@@ -49,6 +50,7 @@ bench-didemo: $(STAMP) ## The main benchmark (synthetic DiDeMo-format data unles
 		$(if $(DIDEMO_ROOT),--config configs/bench/didemo_real.yaml --didemo_root $(DIDEMO_ROOT)) \
 		$(if $(CLIP),--clip $(CLIP)) \
 		$(if $(METHODS),--methods '$(METHODS)') \
+		$(if $(SEEDS),--seeds $(SEEDS)) \
 		--device $(DEVICE) --out_dir $(OUT) $(BENCH_ARGS)
 
 bench-scoring: $(STAMP) ## Scoring-at-scale benchmark against the machine's matmul rate
