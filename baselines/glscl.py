@@ -147,6 +147,12 @@ class GLSCLHead(RetrievalHead):
     [Bv, N]``, ``gram [Bv, N, N]`` and ``concepts [Bv, Q, D]``; all float32.
     """
 
+    #: How :meth:`reference_pair_flops` counts (read by ``benchmarks/scoring.py``).
+    reference_note = (
+        "the reference forms ṽ per pair (2·N·D + Q·D + 2·D); its unused per-pair weight_fc "
+        "(8·D² + 4·D) and its per-block decoder re-runs are not counted"
+    )
+
     def __init__(
         self,
         dim: int,

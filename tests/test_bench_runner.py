@@ -75,12 +75,12 @@ def test_files_exist(tiny_run):
         "gflops_vs_length.png",
         "latency_vs_length.png",
         "cost_vs_gallery.png",
-        "methods/meanp.json",
-        "methods/xpool.json",
+        "methods/meanp/seed0.json",
+        "methods/xpool/seed0.json",
     ]:
         assert (run / name).is_file(), name
     assert (run / "bad_videos.csv").read_text().splitlines()[0] == "split,video,reason"
-    assert list((run / "checkpoints" / "meanp").glob("*.ckpt"))
+    assert list((run / "checkpoints" / "meanp" / "seed0").glob("*.ckpt"))
     report = (run / "report.md").read_text()
     assert report.startswith("> **SYNTHETIC DATA — these are not DiDeMo numbers**")
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
@@ -99,6 +99,7 @@ def test_results_table(tiny_run):
     needed += ["t2v_R@50"]
     assert not set(needed) - set(df.columns)
     assert set(df["method"]) == {"meanp", "xpool"}
+    df = df[df["seed"].astype(str) == "0"]
     assert (df["data"] == "synthetic").all()
     buckets = json.loads((run / "data_summary.json").read_text())["test_bucket_edges"]
     for _, g in df.groupby("method"):
@@ -129,14 +130,14 @@ def test_results_table(tiny_run):
 
 def test_resume_redoes_only_missing(tiny_run, capsys):
     tmp, run = tiny_run
-    kept = run / "methods" / "meanp.json"
+    kept = run / "methods" / "meanp" / "seed0.json"
     before = kept.stat().st_mtime_ns
-    (run / "methods" / "xpool.json").unlink()
+    (run / "methods" / "xpool" / "seed0.json").unlink()
     capsys.readouterr()
     assert main(tiny_argv(tmp)) == 0
     out = capsys.readouterr().out
-    assert "meanp already done; to run: xpool" in out
+    assert "1 (method, seed) done; 1 to run" in out
     assert run_dir_of(tmp) == run
     assert kept.stat().st_mtime_ns == before
-    assert (run / "methods" / "xpool.json").is_file()
+    assert (run / "methods" / "xpool" / "seed0.json").is_file()
     assert set(pd.read_csv(run / "results.csv")["method"]) == {"meanp", "xpool"}

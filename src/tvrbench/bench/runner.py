@@ -300,6 +300,7 @@ class _SharedData:
                 if split in summary or not hasattr(dm, "summary"):
                     continue
                 try:
+                    dm.setup_split(split) if hasattr(dm, "setup_split") else None
                     summary[split] = dm.summary(split)
                     summary[split + "_bucket_edges"] = list(dm.bucket_edges(split))
                 except Exception as err:  # informative only; the run does not depend on it
