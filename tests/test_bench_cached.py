@@ -108,7 +108,7 @@ def test_centerclip_is_skipped_and_recorded(cached_run):
     assert results["methods"]["centerclip"]["skipped"] == reason
     assert set(results["skipped"]) == {"centerclip"}
     assert f"- **skipped: centerclip** — {reason}" in (run / "report.md").read_text()
-    assert f"[centerclip] SKIPPED: {reason}" in console
+    assert f"[centerclip/seed0] SKIPPED: {reason}" in console
     assert f"SKIPPED centerclip: {reason}" in console
     assert not (run / "checkpoints" / "centerclip").exists()
 
@@ -116,6 +116,7 @@ def test_centerclip_is_skipped_and_recorded(cached_run):
 def test_rows_in_range(cached_run):
     _, run, _ = cached_run
     df = pd.read_csv(run / "results.csv")
+    df = df[df["seed"].astype(str) != "mean"]
     for _, g in df.groupby("method"):
         total = int(g.loc[g["bucket"] == "all", "n_queries"].iloc[0])
         assert int(g.loc[g["bucket"] != "all", "n_queries"].sum()) == total
@@ -181,7 +182,7 @@ def test_untrained_meanp_matches_numpy_on_the_cached_features(cached_run):
     eps = 1e-5  # the module scores in float32
     low = (sim >= correct + eps).sum(axis=1) + 1
     high = (sim >= correct - eps).sum(axis=1)
-    ranks = json.loads((run / "methods" / "meanp.json").read_text())["ranks"]
+    ranks = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())["ranks"]
     assert ranks["index"] == sorted(ranks["index"])
     got = np.asarray(ranks["ranks_t2v"])
     assert ((low <= got) & (got <= high)).all()
@@ -192,11 +193,11 @@ def test_untrained_meanp_matches_numpy_on_the_cached_features(cached_run):
 
 def test_resume_keeps_the_skip(cached_run):
     tmp, run, _ = cached_run
-    before = (run / "methods" / "centerclip.json").stat().st_mtime_ns
+    before = (run / "methods" / "centerclip" / "seed0.json").stat().st_mtime_ns
     code, console = run_bench_quietly(bench_argv(tmp))
     assert code == 0
-    assert "meanp, xpool, centerclip already done" in console
-    assert (run / "methods" / "centerclip.json").stat().st_mtime_ns == before
+    assert "3 (method, seed) done; 0 to run" in console
+    assert (run / "methods" / "centerclip" / "seed0.json").stat().st_mtime_ns == before
     results = json.loads((run / "results.json").read_text())
     assert set(results["skipped"]) == {"centerclip"}
     assert (pd.read_csv(run / "results.csv")["protocol"] == "cached_features").all()
@@ -271,7 +272,7 @@ def test_given_checkpoints_are_tested_or_skipped_by_backbone(cached_run, tmp_pat
     """A head-only checkpoint of the same backbone is tested on the cached features (same ranks as
     the run that trained it); one whose backbone differs is skipped with the reason."""
     tmp, run, _ = cached_run
-    trained = json.loads((run / "methods" / "xpool.json").read_text())
+    trained = json.loads((run / "methods" / "xpool" / "seed0.json").read_text())
     ckpt = torch.load(trained["checkpoint"], map_location="cpu", weights_only=False)
     key = next(k for k in ckpt["state_dict"] if k.startswith("backbone.clip."))
     ckpt["state_dict"][key] = ckpt["state_dict"][key] + 1.0
@@ -284,8 +285,10 @@ def test_given_checkpoints_are_tested_or_skipped_by_backbone(cached_run, tmp_pat
         results = json.loads((tmp / "out" / name / "results.json").read_text())
         if name == "same":
             assert not results["skipped"]
-            again = json.loads((tmp / "out" / name / "methods" / "xpool.json").read_text())
+            again = json.loads(
+                (tmp / "out" / name / "methods" / "xpool" / "seed0.json").read_text()
+            )
             assert again["ranks"] == trained["ranks"]
         else:
             assert "another backbone" in results["skipped"]["xpool"]
-            assert "[xpool] SKIPPED" in console
+            assert "[xpool/seed0] SKIPPED" in console

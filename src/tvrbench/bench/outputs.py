@@ -164,7 +164,11 @@ def write_outputs(
 
     protocol = config.get("protocol", "finetune")
     records = read_records(run_dir, methods, seeds)
-    skipped = {f"{r['method']}/seed{r['seed']}": r["skipped"] for r in records if r.get("skipped")}
+
+    def key(r: dict[str, Any]) -> str:  # the method alone when the run has one seed
+        return r["method"] if len(seeds) == 1 else f"{r['method']}/seed{r['seed']}"
+
+    skipped = {key(r): r["skipped"] for r in records if r.get("skipped")}
     combined = combine(records, config, synthetic)
     rows, gallery_rows, stress_rows = combined["rows"], combined["gallery"], combined["stress"]
     atomic_write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
@@ -230,9 +234,7 @@ def write_outputs(
             "findings": lines,
             "stress_findings": stress_lines,
             "methods": {
-                f"{r['method']}/seed{r['seed']}": {
-                    k: v for k, v in r.items() if k not in ("ranks", "stress_ranks")
-                }
+                key(r): {k: v for k, v in r.items() if k not in ("ranks", "stress_ranks")}
                 for r in records
             },
             "results": rows,
