@@ -6,10 +6,13 @@ import numpy as np
 import pytest
 
 from tvrbench.data.buckets import (
+    annotated_seconds,
     assign_buckets,
     bucket_names,
     bucket_table,
+    bucket_unit,
     bucket_values,
+    described_fractions,
     quantile_edges,
 )
 
@@ -73,3 +76,25 @@ def test_quantile_edges_with_tied_durations_fill_every_bucket():
     assert counts.min() > 0.6 * 3200 / 4 and counts.max() < 1.4 * 3200 / 4
     for e in edges:
         assert not np.any(values == e)  # ties are never split across buckets
+
+
+def test_described_fraction_hand_computed():
+    # Sentence 1: annotators [0, 0] and [0, 1] -> [0, 10) s; sentence 2: [3, 3] -> [15, 20) s;
+    # sentence 3: [1, 2] and [2, 2] -> [5, 15) s. Union [0, 20) = 20 s; video of 32 s.
+    times = [[(0, 0), (0, 1)], [(3, 3)], [(1, 2), (2, 2)]]
+    assert annotated_seconds(times, 32.0) == 20.0
+    # Disjoint moments: [0, 5) + [20, 30) = 15 s, the last chunk cut at the 27-s end -> 12 s.
+    assert annotated_seconds([[(0, 0)], [(4, 5)]], 40.0) == 15.0
+    assert annotated_seconds([[(0, 0)], [(4, 5)]], 27.0) == 12.0
+    assert annotated_seconds([[(2, 1)]], 40.0) == 10.0  # a reversed pair counts as [1, 2]
+    assert annotated_seconds([], 40.0) == 0.0
+    np.testing.assert_allclose(
+        described_fractions([20.0, 12.0, 10.0, 3.0], [32.0, 27.0, 8.0, 0.0]),
+        [0.625, 12 / 27, 1.0, 0.0],  # capped at 1; a zero duration gives 0
+    )
+    values = bucket_values("described_fraction", [32.0, 27.0], [5, 6], annotated_s=[20.0, 12.0])
+    np.testing.assert_allclose(values, [0.625, 12 / 27])
+    with pytest.raises(ValueError, match="annotated_s"):
+        bucket_values("described_fraction", [32.0], [5])
+    assert bucket_unit("described_fraction") == ""
+    assert bucket_names([0.25, 5 / 12], unit="") == ["0-0.25", "0.25-0.417", "0.417+"]

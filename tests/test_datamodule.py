@@ -154,6 +154,24 @@ def test_limit_and_given_edges(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     assert dm.bucket_edges("train") == [3.5, 5.0]
 
 
+def test_described_fraction_buckets(tmp_path, tiny_tokenizer_dir):
+    # Every video's sentences are annotated with chunks 0 and 0-1: [0, 10) s, cut to the video.
+    root = make_tiny_didemo(tmp_path / "data", {"test": [4.0, 12.0, 20.0, 40.0]})
+    dm = _dm(
+        root,
+        tiny_tokenizer_dir,
+        tmp_path / "cache",
+        num_workers=1,
+        bucket_by="described_fraction",
+        bucket_edges_s=[0.3, 0.6, 0.9],
+    )
+    dm.setup("test")
+    # fractions 4/4 = 1, 10/12 = 0.83, 10/20 = 0.5, 10/40 = 0.25
+    assert dm.dataset("test").bucket_ids == [3, 2, 1, 0]
+    assert dm.bucket_names("test") == ["0-0.3", "0.3-0.6", "0.6-0.9", "0.9+"]
+    assert [r["videos"] for r in dm.summary("test")["buckets"]] == [1, 1, 1, 1]
+
+
 def test_sampler_padding_is_undone_by_index(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     dm = _dm(tiny_didemo, tiny_tokenizer_dir, tmp_path / "cache", num_workers=1)
     dm.setup("validate")

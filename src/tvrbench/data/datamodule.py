@@ -242,8 +242,10 @@ class DiDeMoDataModule(L.LightningDataModule):
         on_bad_video: ``"skip"`` (exclude, list in the manifest) or ``"error"`` (stop at setup).
         manifest_path: where ``bad_videos.csv`` goes (default: under the cache folder, one per
             dataset root).
-        bucket_by: ``"duration"``, ``"sampled_span"`` or ``"words"``.
-        bucket_edges_s: inner bucket edges (e.g. ``[18, 31, 54]``); None for quantiles.
+        bucket_by: ``"duration"``, ``"sampled_span"``, ``"words"`` or ``"described_fraction"``
+            (annotated seconds / decoded duration, :mod:`tvrbench.data.buckets`).
+        bucket_edges_s: inner bucket edges (e.g. ``[18, 31, 54]``; fractions such as
+            ``[0.25, 0.5]`` for ``"described_fraction"``); None for quantiles.
         num_buckets: number of equal-count buckets when no edges are given.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default ``batch_size``).
@@ -404,6 +406,7 @@ class DiDeMoDataModule(L.LightningDataModule):
             durations,
             [len(p.split()) for p in paragraphs],
             self.sampling.clip_seconds,
+            annotated_s=[bk.annotated_seconds(v.times, d) for v, d in zip(kept, durations)],
         )
         edges = (
             bk.check_edges(self.bucket_edges_s)
@@ -500,7 +503,8 @@ class DiDeMoDataModule(L.LightningDataModule):
         return self._annotations[split]
 
     def bucket_edges(self, split: str) -> list[float]:
-        """Inner bucket edges of a split (seconds, or words for ``bucket_by="words"``)."""
+        """Inner bucket edges of a split (seconds; words for ``bucket_by="words"``, fractions for
+        ``"described_fraction"``)."""
         self._require(split)
         return list(self._edges[split])
 
