@@ -217,6 +217,10 @@ def test_prepare_videos_keeps_names(tmp_path, tiny_videos):
     failures = prepare_videos(src, tmp_path / "dst", fps=3, short_side=32, workers=2)
     assert [f["video"] for f in failures] == ["broken.mp4"]
     assert (tmp_path / "dst" / FAILURES_NAME).exists()
+    # Written atomically: no temporary left behind, no partial output of the failed file.
+    assert sorted(p.name for p in (tmp_path / "dst").iterdir()) == [
+        "clip.avi", "noext.", FAILURES_NAME
+    ]  # fmt: skip
     for name, dur in (("clip.avi", 5.5), ("noext.", 3.0)):
         out = decode_video(tmp_path / "dst" / name, SamplingConfig(image_size=32), "pyav")
         assert out.duration_s == pytest.approx(dur, abs=0.4)

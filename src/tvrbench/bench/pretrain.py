@@ -7,22 +7,33 @@ each method's short budget. So, once per dataset, the tiny CLIP is trained contr
 sampled inside its annotated moment (``times``, 5-second chunks). The state dict is cached and
 shared by every method and every later run (``RetrievalModule(clip_checkpoint=...)``).
 No validation or test data is touched.
+
+The optimisation is a :class:`TinyClipPretraining` LightningModule fitted by a Lightning
+``Trainer`` (device, gradient clipping, time and step budgets, seeding); checkpointing and logging
+are off, so the only files written are the state dict and its ``.json`` meta.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
-import os
-import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
+import lightning as L
 import numpy as np
 import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Sampler
 
+from tvrbench.atomic import atomic_torch_save, atomic_write_json
 from tvrbench.backbone import TINY, ClipBackbone, load_tokenizer
 from tvrbench.data.video import normalize_frames
 from tvrbench.retrieval import symmetric_infonce, warmup_cosine
@@ -35,9 +46,9 @@ class PretrainConfig:
     """Settings of the tiny-CLIP pretraining (all part of the cache key).
 
     Attributes:
-        minutes: wall-clock budget of the optimisation loop.
-        max_steps: upper bound on optimizer steps.
-        batch_size: (frame, sentence) pairs per step.
+        minutes: wall-clock budget of the optimisation (Trainer ``max_time``).
+        max_steps: upper bound on optimizer steps (Trainer ``max_steps``).
+        batch_size: (frame, sentence) pairs drawn per step, before keeping one pair per sentence.
         lr: peak AdamW learning rate (warm-up 5 %, cosine decay over max_steps).
         weight_decay: AdamW weight decay.
         max_words: token length (as the DataModule).
@@ -96,6 +107,166 @@ def cache_key(config: PretrainConfig, data_identity: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+WARMUP_FRAC = 0.05  # share of max_steps spent in linear warm-up
+GRAD_CLIP_NORM = 1.0
+
+
+class DistinctSentenceBatches(Sampler[list[int]]):
+    """Batches of pair indices for ``num_batches`` steps, one pair per sentence text per batch.
+
+    The pairs are walked in a random order (reshuffled once fewer than ``batch_size`` remain);
+    each slice of ``batch_size`` keeps the first pair of every sentence it holds, since two pairs
+    with the same text would be false negatives of each other in the contrastive loss. The
+    order depends only on ``seed``, so every iteration yields the same batches.
+
+    Args:
+        pair_sentence: ``[P]`` sentence id of every pair.
+        batch_size: pairs drawn per batch (a batch holds at most that many).
+        num_batches: batches per iteration.
+        seed: seed of the order.
+    """
+
+    def __init__(self, pair_sentence: Tensor, batch_size: int, num_batches: int, seed: int) -> None:
+        self.pair_sentence = pair_sentence
+        self.batch_size = batch_size
+        self.num_batches = num_batches
+        self.seed = seed
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[list[int]]:
+        n = len(self.pair_sentence)
+        generator = torch.Generator().manual_seed(self.seed)
+        order, cursor = torch.randperm(n, generator=generator), 0
+        for _ in range(self.num_batches):
+            if cursor + self.batch_size > n:
+                order, cursor = torch.randperm(n, generator=generator), 0
+            batch = order[cursor : cursor + self.batch_size]  # (b,)
+            cursor += self.batch_size
+            _, first = np.unique(self.pair_sentence[batch].numpy(), return_index=True)
+            yield batch[torch.from_numpy(np.sort(first))].tolist()
+
+
+class MomentPairDataset(Dataset):
+    """(frame, tokenised sentence) pairs, fetched a whole batch at a time.
+
+    Indexed by a LIST of pair indices (the DataLoader's ``sampler`` yields batches and
+    ``batch_size=None``), so a batch is one stacking of frames rather than ``B`` collations.
+
+    Args:
+        frames: per video, uint8 ``[n, S, S, 3]`` frames.
+        pairs: the pairs (see :func:`build_pairs`).
+        input_ids: ``[T, W]`` token ids of the ``T`` distinct sentences.
+        attention_mask: ``[T, W]`` their masks.
+        sentence_id: sentence text → row of ``input_ids``.
+    """
+
+    def __init__(
+        self,
+        frames: Sequence[np.ndarray],
+        pairs: Sequence[MomentPair],
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        sentence_id: dict[str, int],
+    ) -> None:
+        self.frames = frames
+        self.pairs = pairs
+        self.input_ids = input_ids
+        self.attention_mask = attention_mask
+        self.pair_sentence = torch.tensor([sentence_id[p.sentence] for p in pairs])  # (P,)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, indices: list[int]) -> dict[str, Tensor]:  # type: ignore[override]
+        """``{"frames": uint8 [B, S, S, 3], "input_ids": [B, W], "attention_mask": [B, W]}``."""
+        images = np.stack([self.frames[self.pairs[i].video][self.pairs[i].frame] for i in indices])
+        rows = self.pair_sentence[indices]  # (B,)
+        return {
+            "frames": torch.from_numpy(images),
+            "input_ids": self.input_ids[rows],
+            "attention_mask": self.attention_mask[rows],
+        }
+
+
+class TinyClipPretraining(L.LightningModule):
+    """Contrastive (frame, sentence) training of a CLIP backbone: symmetric InfoNCE over a batch.
+
+    Args:
+        backbone: the CLIP to train (its ``clip`` state dict is what the pretraining saves).
+        lr: peak AdamW learning rate.
+        weight_decay: AdamW weight decay (on every parameter).
+        max_steps: length of the schedule: linear warm-up over ``warmup_frac`` of it, then cosine
+            decay to 0 (:func:`tvrbench.retrieval.warmup_cosine`).
+        warmup_frac: share of ``max_steps`` spent warming up (at least one step).
+    """
+
+    def __init__(
+        self,
+        backbone: ClipBackbone,
+        lr: float = 2e-3,
+        weight_decay: float = 0.05,
+        max_steps: int = 600,
+        warmup_frac: float = WARMUP_FRAC,
+    ) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.max_steps = max_steps
+        self.warmup_steps = max(1, int(warmup_frac * max_steps))
+        self.last_loss: Tensor | None = None
+        self.last_batch_size = 0
+
+    def model_step(self, batch: dict[str, Tensor]) -> Tensor:
+        """Symmetric InfoNCE of a batch (see :class:`MomentPairDataset` for its layout)."""
+        pixels = normalize_frames(batch["frames"])  # (B, 3, S, S)
+        image_emb = torch.nn.functional.normalize(self.backbone.encode_images(pixels), dim=-1)
+        text = self.backbone.encode_text(batch["input_ids"], batch["attention_mask"])
+        text_emb = torch.nn.functional.normalize(text.sentence, dim=-1)  # (B, D)
+        logits = self.backbone.logit_scale() * text_emb @ image_emb.t()  # (B, B)
+        return symmetric_infonce(logits)
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        loss = self.model_step(batch)
+        self.last_loss = loss.detach()
+        self.last_batch_size = int(batch["frames"].shape[0])
+        self.log("train/loss", loss, prog_bar=True, logger=False, batch_size=self.last_batch_size)
+        return loss
+
+    def configure_optimizers(self) -> Any:
+        optimizer = torch.optim.AdamW(
+            self.backbone.parameters(), lr=self.lr, weight_decay=self.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: warmup_cosine(s, self.max_steps, self.warmup_steps)
+        )
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+@contextmanager
+def _quiet_lightning() -> Iterator[None]:
+    """Silence Lightning's info lines (device summary, time limit) and its advice warnings
+    (e.g. "few DataLoader workers": the frames are in memory, workers would only copy them)."""
+    from lightning.fabric.utilities.warnings import PossibleUserWarning
+
+    loggers = [logging.getLogger(name) for name in ("lightning.pytorch", "lightning.fabric")]
+    levels = [lg.level for lg in loggers]
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=PossibleUserWarning)
+        # Lightning 2.6 on recent PyTorch, once per fit; nothing the caller can act on.
+        warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)`")
+        for lg in loggers:
+            lg.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            for lg, level in zip(loggers, levels):
+                lg.setLevel(level)
+
+
 def pretrain_tiny_clip(
     frames: Sequence[np.ndarray],
     frame_times_s: Sequence[np.ndarray],
@@ -103,6 +274,7 @@ def pretrain_tiny_clip(
     out_path: str | Path,
     config: PretrainConfig | None = None,
     progress: bool = True,
+    accelerator: str = "cpu",
 ) -> Path:
     """Train the tiny CLIP contrastively on (frame, sentence) pairs and save its state dict.
 
@@ -110,9 +282,11 @@ def pretrain_tiny_clip(
         frames: per training video, uint8 ``[n, S, S, 3]`` sampled frames.
         frame_times_s: per video, ``[n]`` sample times in seconds.
         moments: per video, its ``(description, times)`` pairs.
-        out_path: where the ``CLIPModel`` state dict is written (atomically).
+        out_path: where the ``CLIPModel`` state dict is written (atomically); the meta
+            (steps, pairs, final loss, chance loss, config) goes to ``out_path`` with ``.json``.
         config: settings; defaults to :class:`PretrainConfig`.
-        progress: show a progress bar.
+        progress: show Lightning's progress bar.
+        accelerator: Lightning accelerator (``"cpu"``, ``"cuda"``, ``"auto"``, ...), one device.
     Returns:
         ``out_path``. An existing file is reused as is.
     """
@@ -123,11 +297,10 @@ def pretrain_tiny_clip(
     pairs = build_pairs(frame_times_s, moments)
     if not pairs:
         raise ValueError("pretraining found no (frame, sentence) pair in the training split")
-    torch.manual_seed(config.seed)
+    L.seed_everything(config.seed, verbose=False)
     backbone = ClipBackbone.from_pretrained(TINY).train()
     tokenizer = load_tokenizer(TINY)
     sentences = sorted({p.sentence for p in pairs})
-    sentence_id = {s: i for i, s in enumerate(sentences)}
     tokens = tokenizer(
         sentences,
         padding="max_length",
@@ -135,57 +308,49 @@ def pretrain_tiny_clip(
         max_length=config.max_words,
         return_tensors="pt",
     )
-    pair_video = torch.tensor([p.video for p in pairs])
-    pair_frame = torch.tensor([p.frame for p in pairs])
-    pair_sentence = torch.tensor([sentence_id[p.sentence] for p in pairs])
-
-    optimizer = torch.optim.AdamW(
-        backbone.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    dataset = MomentPairDataset(
+        frames,
+        pairs,
+        tokens.input_ids,
+        tokens.attention_mask,
+        {s: i for i, s in enumerate(sentences)},
     )
-    warmup = max(1, int(0.05 * config.max_steps))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, config.max_steps, warmup)
+    batches = DistinctSentenceBatches(
+        dataset.pair_sentence, config.batch_size, config.max_steps, config.seed
     )
-    generator = torch.Generator().manual_seed(config.seed)
-    deadline = time.monotonic() + 60.0 * config.minutes
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=config.max_steps, desc="pretrain tiny CLIP", unit="step")
-    step, order, cursor = 0, torch.randperm(len(pairs), generator=generator), 0
-    while step < config.max_steps and time.monotonic() < deadline:
-        if cursor + config.batch_size > len(order):
-            order, cursor = torch.randperm(len(pairs), generator=generator), 0
-        batch = order[cursor : cursor + config.batch_size]
-        cursor += config.batch_size
-        # One pair per sentence text in the batch: identical sentences would be false negatives.
-        _, first = np.unique(pair_sentence[batch].numpy(), return_index=True)
-        batch = batch[torch.from_numpy(np.sort(first))]
-        images = np.stack([frames[v][f] for v, f in zip(pair_video[batch], pair_frame[batch])])
-        pixels = normalize_frames(torch.from_numpy(images))  # (B, 3, S, S)
-        ids = tokens.input_ids[pair_sentence[batch]]
-        mask = tokens.attention_mask[pair_sentence[batch]]
-        image_emb = torch.nn.functional.normalize(backbone.encode_images(pixels), dim=-1)
-        text_emb = torch.nn.functional.normalize(backbone.encode_text(ids, mask).sentence, dim=-1)
-        loss = symmetric_infonce(backbone.logit_scale() * text_emb @ image_emb.t())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(backbone.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
-    if bar is not None:
-        bar.close()
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(backbone.clip.state_dict(), tmp)
-    os.replace(tmp, out_path)
-    meta: dict[str, object] = {"steps": step, "pairs": len(pairs), "final_loss": float(loss.item())}
-    meta["config"] = asdict(config)
-    meta["chance_loss"] = math.log(config.batch_size)
-    out_path.with_suffix(".json").write_text(json.dumps(meta, indent=2))
+    loader = DataLoader(dataset, sampler=batches, batch_size=None)
+    module = TinyClipPretraining(
+        backbone, lr=config.lr, weight_decay=config.weight_decay, max_steps=config.max_steps
+    )
+    with _quiet_lightning():
+        trainer = L.Trainer(
+            accelerator=accelerator,
+            devices=1,
+            max_epochs=1,  # one pass of the sampler = max_steps batches
+            max_steps=config.max_steps,
+            max_time=timedelta(minutes=config.minutes),
+            gradient_clip_val=GRAD_CLIP_NORM,
+            logger=False,
+            enable_checkpointing=False,
+            enable_model_summary=False,
+            enable_progress_bar=progress,
+            num_sanity_val_steps=0,
+            default_root_dir=out_path.parent,
+        )
+        trainer.fit(module, train_dataloaders=loader)
+    if module.last_loss is None:
+        raise RuntimeError("pretraining ran no step (time budget too small?)")
+    meta: dict[str, object] = {
+        "steps": int(trainer.global_step),
+        "pairs": len(pairs),
+        "final_loss": float(module.last_loss.item()),
+        "config": asdict(config),
+        "chance_loss": math.log(config.batch_size),
+        "final_batch_size": module.last_batch_size,
+        "final_chance_loss": math.log(module.last_batch_size),
+        "accelerator": accelerator,
+    }
+    # The meta first: the .pt's presence is what marks a finished pretraining.
+    atomic_write_json(out_path.with_suffix(".json"), meta)
+    atomic_torch_save(backbone.clip.cpu().state_dict(), out_path)
     return out_path

@@ -59,12 +59,9 @@ def pretrained_tiny_clip(
         times_s.append(_frame_times_s(ds, i, len(clip_frames)))
         moments.append(video.moments)
     print(f"pretraining the tiny CLIP on {len(frames)} training videos -> {out_path}")
-    try:
-        path = pt.pretrain_tiny_clip(
-            frames, times_s, moments, out_path, config, accelerator=accelerator
-        )
-    except TypeError:  # a pretraining function without the accelerator argument
-        path = pt.pretrain_tiny_clip(frames, times_s, moments, out_path, config)
+    path = pt.pretrain_tiny_clip(
+        frames, times_s, moments, out_path, config, accelerator=accelerator
+    )
     return str(path)
 
 

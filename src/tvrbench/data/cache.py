@@ -11,9 +11,10 @@ Location: ``cache_dir`` when given, else the environment variable ``TVRBENCH_CAC
 * ``<key>.json`` — ``{"video", "duration_s", "num_frames", "times_s", "reader"}``, or
   ``{"video", "error"}`` for a file no reader could decode (so it is not decoded again each epoch).
 
-Files are written to a temporary name and moved into place with ``os.replace`` (atomic), so
-parallel workers and DDP ranks may share one cache. A changed file (size or mtime) gets a new key;
-stale entries are never read (delete the folder to reclaim space).
+Files are written atomically (:mod:`tvrbench.atomic`: a temporary file in the same folder moved
+into place with ``os.replace``), so parallel workers and DDP ranks may share one cache. A changed
+file (size or mtime) gets a new key; stale entries are never read (delete the folder to reclaim
+space).
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from tvrbench.atomic import atomic_path, atomic_write_text
 from tvrbench.data import video as video_lib
 from tvrbench.data.video import DecodedVideo, SamplingConfig, VideoDecodeError
 
@@ -55,18 +56,6 @@ class VideoInfo:
     duration_s: float | None
     num_frames: int
     error: str | None = None
-
-
-def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            write(fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class FrameCache:
@@ -123,9 +112,12 @@ class FrameCache:
             return None
 
     def store(self, path: str | Path, sampling: SamplingConfig, decoded: DecodedVideo) -> None:
+        """Write a decoded video's frames (``.npy``), then its meta (``.json``), atomically."""
         npy, meta_path = self._paths(self.key(path, sampling))
         frames = np.ascontiguousarray(decoded.frames, dtype=np.uint8)
-        _atomic_write(npy, lambda fh: np.save(fh, frames))
+        # Through a handle: np.save would append ".npy" to the temporary file's name.
+        with atomic_path(npy) as tmp, tmp.open("wb") as fh:
+            np.save(fh, frames)
         meta = {
             "video": Path(path).name,
             "duration_s": decoded.duration_s,
@@ -133,12 +125,13 @@ class FrameCache:
             "times_s": [float(t) for t in decoded.times_s],
             "reader": decoded.reader,
         }
-        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
+        atomic_write_text(meta_path, json.dumps(meta))
 
     def store_error(self, path: str | Path, sampling: SamplingConfig, reason: str) -> None:
+        """Record that no reader could decode this file (its ``.json`` only)."""
         _, meta_path = self._paths(self.key(path, sampling))
         meta = {"video": Path(path).name, "error": reason}
-        _atomic_write(meta_path, lambda fh: fh.write(json.dumps(meta).encode()))
+        atomic_write_text(meta_path, json.dumps(meta))
 
     def get_or_decode(
         self, path: str | Path, sampling: SamplingConfig, reader: str = "auto"

@@ -2,15 +2,15 @@
 ffmpeg (the published recipe: 3 fps, 224 px), so decoding at training time is cheap.
 
 Every output keeps its input's file NAME (the split lists keep matching), whatever its extension:
-the container is always MP4 (``-f mp4``). Outputs are written to a temporary name and moved into
-place, so a file present in ``--dst`` is complete and is skipped on a rerun. Failures are listed
+the container is always MP4 (``-f mp4``). Outputs are written atomically (:mod:`tvrbench.atomic`: a
+hidden temporary file in ``--dst`` moved into place), so a file present in ``--dst`` is complete
+and is skipped on a rerun. Failures are listed
 in ``DST/prepare_failures.csv`` (video, reason).
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shutil
 import subprocess
@@ -18,11 +18,17 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tvrbench.atomic import atomic_path, atomic_write_csv
+
 FAILURES_NAME = "prepare_failures.csv"
 
 
 class FfmpegNotFoundError(RuntimeError):
     """ffmpeg is not on PATH."""
+
+
+class _FfmpegFailed(Exception):
+    """ffmpeg failed on one file (raised inside the atomic write so nothing is moved into place)."""
 
 
 def ffmpeg_command(src: Path, dst: Path, fps: float, short_side: int) -> list[str]:
@@ -39,18 +45,18 @@ def prepare_one(src: Path, dst_dir: Path, fps: float, short_side: int) -> tuple[
     dst = dst_dir / src.name
     if dst.exists() and dst.stat().st_size > 0:
         return src.name, None
-    tmp = dst_dir / f".{src.name}.part"
     try:
-        proc = subprocess.run(
-            ffmpeg_command(src, tmp, fps, short_side), capture_output=True, text=True
-        )
-        if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
-            reason = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-            return src.name, f"ffmpeg failed: {reason[:300]}"
-        os.replace(tmp, dst)
-        return src.name, None
-    finally:
-        tmp.unlink(missing_ok=True)
+        # "-f mp4" sets the container (the name may end in anything); ".mp4" just labels the file.
+        with atomic_path(dst, suffix=".mp4") as tmp:
+            proc = subprocess.run(
+                ffmpeg_command(src, tmp, fps, short_side), capture_output=True, text=True
+            )
+            if proc.returncode != 0 or not tmp.exists() or tmp.stat().st_size == 0:
+                lines = proc.stderr.strip().splitlines()
+                raise _FfmpegFailed(lines[-1] if lines else f"exit code {proc.returncode}")
+    except _FfmpegFailed as err:
+        return src.name, f"ffmpeg failed: {str(err)[:300]}"
+    return src.name, None
 
 
 def prepare_videos(
@@ -80,10 +86,7 @@ def prepare_videos(
         for name, error in tqdm(jobs, total=len(files), desc="re-encode", unit="video"):
             if error is not None:
                 failures.append({"video": name, "reason": error})
-    with (dst_dir / FAILURES_NAME).open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=("video", "reason"))
-        writer.writeheader()
-        writer.writerows(failures)
+    atomic_write_csv(dst_dir / FAILURES_NAME, failures, ("video", "reason"))
     return failures
 
 
