@@ -15,6 +15,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "validate": ("tvrbench.train:validate_main", "evaluate on the validation split"),
     "test": ("tvrbench.train:test_main", "evaluate on the test split, overall and per bucket"),
     "bench": ("tvrbench.bench.runner:main", "run the benchmark (configs/bench/didemo.yaml)"),
+    "stress": (
+        "tvrbench.bench.stress:main",
+        "evaluate a run's checkpoints at other injected lengths (--run DIR)",
+    ),
     "metrics": ("tvrbench.metrics_cli:main", "score a similarity matrix saved as .npy/.pt"),
     "synth": ("tvrbench.data.synth:main", "generate a synthetic DiDeMo-format dataset"),
     "extract-features": (

@@ -38,7 +38,15 @@ PROTOCOLS = ("finetune", "cached_features")
 #: Above this CLIP learning rate a real checkpoint's alignment is destroyed (SPEC §2.7).
 MAX_REAL_CLIP_LR = 1e-5
 #: Bench settings that do not change results (left out of the run-name hash).
-NOT_HASHED = {"out_dir", "run_name", "methods", "method_config_dir", "seeds", "stress"}
+NOT_HASHED = {
+    "out_dir",
+    "run_name",
+    "methods",
+    "method_config_dir",
+    "seeds",
+    "stress",
+    "injected_lengths_s",
+}
 OPTIMIZER_KEYS = ("lr", "backbone_lr", "weight_decay", "betas", "eps", "warmup_frac")
 TRAINER_KEYS = (
     "accelerator",

@@ -22,6 +22,7 @@ import torch
 
 from tvrbench.bench.config import BenchConfigError, RunSpec
 from tvrbench.bench.measure import TestCapture, measure_tested
+from tvrbench.bench.stress import StressSettings, evaluate_lengths
 
 
 def _dump_yaml(path: Path, config: dict[str, Any]) -> None:
@@ -140,7 +141,7 @@ def run_method(
     datamodule_for: Callable[[Any], Any],
     given_checkpoint: str | None = None,
     cached=None,
-    stress: Callable[..., list[dict[str, Any]]] | None = None,
+    stress: StressSettings | None = None,
 ) -> dict[str, Any]:
     """Train (or load), test and measure one (method, seed); returns its record.
 
@@ -155,8 +156,8 @@ def run_method(
             configs share one set-up instance).
         given_checkpoint: a Lightning checkpoint to test instead of training.
         cached: the cached-feature protocol's :class:`~tvrbench.bench.cached.CachedSetup`.
-        stress: called as ``stress(module, trainer, datamodule, meter_sample)`` after the test,
-            returns the controlled-length rows.
+        stress: the controlled-length protocol's settings (SPEC §6): the selected checkpoint is
+            evaluated again at every injected length after the test; None: not run.
     """
     print(f"[{spec.key}] {spec.config['model']['class_path']} (recipe {spec.recipe})")
     config = copy.deepcopy(spec.config)
@@ -235,7 +236,12 @@ def run_method(
         load_checkpoint_weights(module, ckpt_path)
     trainer.test(module, datamodule=data, verbose=False)
     measured = measure_tested(module, capture, device, **measure)
-    stress_rows = stress(module, trainer, datamodule, capture.sample) if stress else []
+    stress_rows: list[dict[str, Any]] = []
+    stress_ranks: dict[str, Any] = {}
+    if stress is not None and capture.sample is not None:
+        stress_rows, stress_ranks = evaluate_lengths(
+            module, datamodule, capture.sample, stress, device, precision=trainer.precision
+        )
     return {
         "method": spec.method,
         "seed": spec.seed,
@@ -252,6 +258,7 @@ def run_method(
         **({"frozen_backbone": True, "features": dict(cached.paths)} if cached else {}),
         **measured,
         "stress": stress_rows,
+        "stress_ranks": stress_ranks,
     }
 
 

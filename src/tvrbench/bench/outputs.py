@@ -70,6 +70,9 @@ STRESS_COLUMNS = [
     "mean_duration_s",
     *COST_COLUMNS,
     "gallery_size",
+    "chance_R@1",
+    "lengthened_videos",
+    "n_seeds",
     "stress_gallery",
     "distractor_split",
     "placement",
@@ -105,7 +108,7 @@ def _tagged(record: dict[str, Any], key: str, extra: dict[str, Any]) -> list[dic
 
 def combine(
     records: list[dict[str, Any]], config: dict[str, Any], synthetic: bool
-) -> dict[str, list[dict[str, Any]]]:
+) -> dict[str, Any]:
     """Per-seed rows of every record plus the aggregated ``seed = mean`` rows."""
     from tvrbench.bench.seeds import aggregate_seed_rows
 
@@ -194,9 +197,9 @@ def write_outputs(
         stress_lines = stress_findings(stress)
     plots = plot_all(results, gallery, run_dir, synthetic) if rows else []
     if stress is not None:
-        from tvrbench.bench.plots import plot_stress
+        from tvrbench.bench.plots import method_colours, plot_stress
 
-        plots.append(plot_stress(stress, run_dir, synthetic))
+        plots.append(plot_stress(stress, run_dir, synthetic, method_colours(results, gallery)))
     notes = [f"{r['method']} (seed {r['seed']}): {n}" for r in records for n in r.get("notes", [])]
     recipes = {r["method"]: r.get("recipe") for r in records}
     variance = seeds_note(len(seeds))
@@ -243,8 +246,8 @@ def write_outputs(
         },
     )
     print("\n".join(["", f"- {variance}", *(f"- {s}" for s in [*lines, *stress_lines]), ""]))
-    for key, reason in skipped.items():
-        print(f"SKIPPED {key}: {reason}")
+    for name, reason in skipped.items():
+        print(f"SKIPPED {name}: {reason}")
     if synthetic:
         print(f"*** {SYNTHETIC_BANNER} ***")
     if protocol == "cached_features":

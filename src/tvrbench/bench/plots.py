@@ -165,7 +165,7 @@ def plot_all(
     return written
 
 
-STRESS_PLOT = "accuracy_vs_injected_length.png"
+STRESS_PLOT = "stress_vs_length.png"
 
 
 def plot_stress(
@@ -174,10 +174,11 @@ def plot_stress(
     synthetic: bool,
     colours: dict[str, str] | None = None,
 ) -> str:
-    """Text→video R@1 versus injected length (SPEC §6), one line per method; returns the name.
+    """Accuracy versus injected length (SPEC §6), one line per method; returns the file name.
 
+    Left panel text→video R@1, right panel text→video MnR, each with its interval band.
     ``stress``: rows per method × ``injected_length_s`` (× ``seed``, with ``seed = "mean"`` rows
-    as in results.csv) holding ``t2v_R@1`` and, when known, ``t2v_R@1_lo/_hi``. Lengths are
+    as in results.csv) holding the metric and, when known, its ``_lo/_hi`` bounds. Lengths are
     evenly spaced on the x axis (0 = the unchanged gallery). ``colours``: e.g.
     :func:`method_colours` of the results table, so a method keeps its colour across plots.
     """
@@ -187,29 +188,35 @@ def plot_stress(
     n_seeds = count_seeds(stress)
     lengths = sorted({float(v) for v in headline["injected_length_s"]})
     pos = {v: i for i, v in enumerate(lengths)}
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for method, g in headline.groupby("method", sort=False):
-        g = g.assign(x=g["injected_length_s"].astype(float).map(pos)).sort_values("x")
-        c = colour.get(str(method))
-        label = f"{method} (mean of {n_seeds} seeds)" if n_seeds > 1 else str(method)
-        ax.plot(g["x"], g["t2v_R@1"].astype(float), marker="o", label=label, color=c)
-        if {"t2v_R@1_lo", "t2v_R@1_hi"} <= set(g):
-            lo, hi = g["t2v_R@1_lo"].astype(float), g["t2v_R@1_hi"].astype(float)
-            ax.fill_between(g["x"], lo, hi, alpha=0.2, color=c)
-    if n_seeds > 1:
-        points = per_seed_rows(stress)
-        for method, g in points.groupby("method", sort=False):
-            x = g["injected_length_s"].astype(float).map(pos)
-            ax.scatter(x, g["t2v_R@1"].astype(float), s=12, alpha=0.35, color=colour.get(method))
-    labels = ["0 (unchanged)" if v == 0 else f"{v:g}" for v in lengths]
-    ax.set_xticks(range(len(lengths)), labels)
-    ax.set_xlabel("injected length T (s): distractors around each test video")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     band = "two-level 95 % CI, faint points = single seeds" if n_seeds > 1 else "95 % CI"
-    ax.set_ylabel(f"text→video R@1 (%)\n{band}")
-    title = "Accuracy versus injected video length"
-    ax.set_title(title + (f"\n{SYNTHETIC_BANNER}" if synthetic else ""), fontsize=10)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    panels = [
+        ("t2v_R@1", f"text→video R@1 (%)\n{band}"),
+        ("t2v_MnR", "text→video MnR (lower is better)"),
+    ]
+    for ax, (metric, ylabel) in zip(axes, panels):
+        for method, g in headline.groupby("method", sort=False):
+            g = g.assign(x=g["injected_length_s"].astype(float).map(pos)).sort_values("x")
+            c = colour.get(str(method))
+            label = f"{method} (mean of {n_seeds} seeds)" if n_seeds > 1 else str(method)
+            ax.plot(g["x"], g[metric].astype(float), marker="o", label=label, color=c)
+            if {f"{metric}_lo", f"{metric}_hi"} <= set(g):
+                lo, hi = g[f"{metric}_lo"].astype(float), g[f"{metric}_hi"].astype(float)
+                ax.fill_between(g["x"], lo, hi, alpha=0.2, color=c)
+        if n_seeds > 1:
+            points = per_seed_rows(stress)
+            for method, g in points.groupby("method", sort=False):
+                x = g["injected_length_s"].astype(float).map(pos)
+                ax.scatter(x, g[metric].astype(float), s=12, alpha=0.35, color=colour.get(method))
+        labels = ["0 (unchanged)" if v == 0 else f"{v:g}" for v in lengths]
+        ax.set_xticks(range(len(lengths)), labels)
+        ax.set_xlabel("injected length T (s): distractors around each test video")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    title = "Retrieval versus injected video length (controlled-length protocol)"
+    fig.suptitle(title + (f"\n{SYNTHETIC_BANNER}" if synthetic else ""), fontsize=10)
+    fig.tight_layout()
     _save(fig, Path(out_dir) / STRESS_PLOT)
     plt.close(fig)
     return STRESS_PLOT

@@ -45,7 +45,7 @@ from tvrbench.bench.config import (
 
 __all__ = ["BenchConfigError", "config_hash", "main", "run_bench", "split_methods"]
 
-DEFAULT_METHODS = ["meanp", "xpool", "centerclip", "glccl"]
+DEFAULT_METHODS = ["meanp", "xpool", "centerclip", "xclip", "glscl", "glccl"]
 DEFAULT_GALLERY_SIZES = [100, 1000, 10000, 100000]
 
 
@@ -79,7 +79,7 @@ def run_bench(
     gallery_max_mb: float = 1024.0,
     latency_repeats: int = 20,
     latency_warmup: int = 3,
-    stress: bool = False,
+    stress: bool = True,
     injected_lengths_s: list[float] | None = None,
     distractor_split: str = "val",
     placement: str = "random",
@@ -124,11 +124,6 @@ def run_bench(
             "tvrbench bench runs once and starts the DDP ranks itself (trainer devices > 1): "
             "do not launch it with torchrun/srun"
         )
-    if stress:
-        raise BenchConfigError(
-            "stress: the controlled-length protocol (SPEC §6) is not available in this version; "
-            "set stress: false"
-        )
     if protocol not in PROTOCOLS:
         raise BenchConfigError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
     from tvrbench.bench import starting_point
@@ -172,7 +167,11 @@ def run_bench(
         from tvrbench.backbone import ClipBackbone
 
         bench_data["image_size"] = ClipBackbone.from_pretrained(clip).image_size
-    overrides = {"model": model_overrides, "data": data_overrides, "trainer": trainer_overrides}
+    overrides = {
+        "model": model_overrides or {},
+        "data": data_overrides or {},
+        "trainer": trainer_overrides or {},
+    }
     accelerator = "gpu" if torch_device.type == "cuda" else "cpu"
 
     def spec_for(method: str, run_seed: int, start: str | None):
@@ -195,6 +194,12 @@ def run_bench(
     # Resolve every run before any work: a bad method config fails in one line, up front.
     for m in method_names:
         spec_for(m, seed_values[0], clip_checkpoint)
+    stress_settings = None
+    if stress:
+        from tvrbench.bench.stress import settings_from_config
+
+        stress_settings = settings_from_config(config, synthetic)
+        config["injected_lengths_s"] = stress_settings.injected_lengths_s
     pending = [
         (m, s) for m in method_names for s in seed_values if not record_path(run_dir, m, s).exists()
     ]
@@ -202,8 +207,8 @@ def run_bench(
     if done:
         print(f"resuming {run_dir}: {done} (method, seed) done; {len(pending)} to run")
     env = collect_environment(torch_device, config=None)
+    shared = _SharedData()
     if pending:
-        shared = _SharedData()
         first_dm = shared.get(spec_for(pending[0][0], pending[0][1], clip_checkpoint))
         start = clip_checkpoint
         if start is None and pretrain and clip == "tiny":
@@ -215,22 +220,6 @@ def run_bench(
             from tvrbench.bench.cached import cached_setup
 
             cached = cached_setup(first_dm, clip, start, cache_root, torch_device, seed)
-        stress_fn = None
-        if stress:
-            from tvrbench.bench.stress import stress_evaluator
-
-            stress_fn = stress_evaluator(
-                injected_lengths_s=injected_lengths_s,
-                synthetic=synthetic,
-                distractor_split=distractor_split,
-                placement=placement,
-                seed=seed,
-                stress_gallery=stress_gallery,
-                bootstrap_samples=bootstrap_samples,
-                device=torch_device,
-                latency_repeats=latency_repeats,
-                latency_warmup=latency_warmup,
-            )
         measure = {
             "bootstrap_samples": bootstrap_samples,
             "gallery_sizes": list(gallery_sizes),
@@ -254,14 +243,31 @@ def run_bench(
                 datamodule_for=shared.share,
                 given_checkpoint=(checkpoints or {}).get(m),
                 cached=cached,
-                stress=stress_fn,
+                stress=stress_settings,
             )
             path = write_record(run_dir, record)
             status = f"SKIPPED: {record['skipped']}" if record.get("skipped") else "done"
             print(f"[{m}/seed{s}] {status}: {path.relative_to(run_dir)}")
         shared.write_data_files(run_dir)
+    if stress_settings is not None:
+        _complete_stress(run_dir, method_names, seed_values, stress_settings, torch_device, shared)
     write_outputs(run_dir, method_names, seed_values, config, env, synthetic)
     return run_dir
+
+
+def _complete_stress(run_dir, methods, seeds, settings, device, shared) -> None:
+    """Records of a resumed run that lack some injected lengths (e.g. ``stress`` turned on, or
+    lengths added, after they were written): evaluate their selected checkpoints at those."""
+    from tvrbench.bench.outputs import read_records, write_record
+    from tvrbench.bench.stress import complete_record
+    from tvrbench.train import instantiate
+
+    for record in read_records(run_dir, methods, seeds):
+        done = complete_record(
+            run_dir, record, settings, device, instantiate=instantiate, datamodule_for=shared.share
+        )
+        if done is not record:
+            write_record(run_dir, done)
 
 
 class _SharedData:

@@ -533,6 +533,8 @@ class StressTestSet(Dataset):
         placement: ``"random"`` (seeded), ``"start"``, ``"middle"`` or ``"end"``.
         seed: seed of the offsets and distractor draws.
         sources: the frame store (default: the data module's shared one).
+        limit: keep only the first ``limit`` test videos (the gallery and the queries both;
+            None = the whole test split).
 
     Items: the test items plus ``frame_times_s``, ``relevant_mask``, ``relevant_fraction``,
     ``source_duration_s``, ``offset_s``; batch them with :func:`collate_stress`.
@@ -546,8 +548,11 @@ class StressTestSet(Dataset):
         placement: str = "random",
         seed: int = 0,
         sources: SourceFrames | None = None,
+        limit: int | None = None,
     ) -> None:
         _check_options(injected_length_s, distractor_split, placement)
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit must be a positive number of test videos, got {limit}")
         self.injected_length_s = float(injected_length_s)
         self.distractor_split = distractor_split
         self.placement = placement
@@ -575,7 +580,7 @@ class StressTestSet(Dataset):
                 placement,
                 seed,
             )
-            for i in range(len(self.base))
+            for i in range(len(self.base) if limit is None else min(limit, len(self.base)))
         ]
         self.sources = sources if sources is not None else source_frames(datamodule)
         needed = {("test", p.index) for p in self.plans if not p.unchanged}
@@ -588,7 +593,7 @@ class StressTestSet(Dataset):
         self.full_grid_decodes = self.sources.prepare(sorted(needed))
 
     def __len__(self) -> int:
-        return len(self.base)
+        return len(self.plans)
 
     def plan(self, i: int) -> CompositionPlan:
         return self.plans[i]
@@ -728,6 +733,7 @@ class StressDataModule(L.LightningDataModule):
         datamodule: the benchmark's (set-up or not) :class:`DiDeMoDataModule`.
         injected_length_s, distractor_split, placement, seed: see :class:`StressTestSet`.
         batch_size: test batch size (default: the base data module's ``eval_batch_size``).
+        limit: the first ``limit`` test videos only (see :class:`StressTestSet`).
     """
 
     def __init__(
@@ -738,9 +744,11 @@ class StressDataModule(L.LightningDataModule):
         placement: str = "random",
         seed: int = 0,
         batch_size: int | None = None,
+        limit: int | None = None,
     ) -> None:
         super().__init__()
         _check_options(injected_length_s, distractor_split, placement)
+        self.limit = limit
         self.base = datamodule
         self.injected_length_s = float(injected_length_s)
         self.distractor_split = distractor_split
@@ -765,6 +773,7 @@ class StressDataModule(L.LightningDataModule):
                 self.distractor_split,
                 self.placement,
                 self.seed,
+                limit=self.limit,
             )
 
     @property
