@@ -370,6 +370,17 @@ class GLSCLModule(RetrievalModule):
         **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
     """
 
+    #: Published DiDeMo text→video (paper Tab. II, ViT-B/32; no MdR published).
+    PUBLISHED_DIDEMO_T2V = {
+        "R@1": 46.7,
+        "R@5": 75.0,
+        "R@10": 82.9,
+        "MdR": None,
+        "MnR": 13.0,
+        "source": "GLSCL (Zhang et al., arXiv 2405.12710) Tab. II, ViT-B/32",
+        "protocol": "paragraph-to-video, first 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
+    }
+
     def __init__(
         self,
         max_frames: int = 64,

@@ -333,6 +333,17 @@ class XCLIPModule(RetrievalModule):
         **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
     """
 
+    #: Published DiDeMo text→video (paper Tab. 4, ViT-B/32; no R@10 or MdR published).
+    PUBLISHED_DIDEMO_T2V = {
+        "R@1": 45.2,
+        "R@5": 74.0,
+        "R@10": None,
+        "MdR": None,
+        "MnR": 14.6,
+        "source": "X-CLIP (Ma et al., ACM MM 2022) Tab. 4, ViT-B/32",
+        "protocol": "paragraph-to-video, first 31 s, 64 frames, 20 epochs, checkpoint chosen on val",
+    }
+
     def __init__(
         self,
         max_words: int = 32,

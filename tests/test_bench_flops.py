@@ -32,6 +32,35 @@ def test_pair_flops_use_one_text_and_one_video():
     assert count_pair_flops(_DotHead(), text, video) == 16
 
 
+class _ProjectedHead(nn.Module):
+    """Per text: a D×D projection; per video: a D×D projection; per pair: a D-long dot."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q = nn.Linear(dim, dim, bias=False)
+        self.k = nn.Linear(dim, dim, bias=False)
+
+    def score(self, text, video):
+        return self.q(text["sentence"]) @ self.k(video["pooled"]).t()  # (Bt, Bv)
+
+
+def test_pair_flops_leave_per_text_and_per_video_work_out():
+    dim = 16
+    text = {"sentence": torch.randn(1, dim)}  # one row: repeated for the 2-row blocks
+    video = {"pooled": torch.randn(3, dim)}
+    head = _ProjectedHead(dim)
+    # 1×1 block alone: D² (text) + D² (video) + D (pair) = 528; the pair's own work is D.
+    assert (
+        count_flops(
+            head,
+            lambda t, v: head.score({"sentence": t}, {"pooled": v}),
+            (text["sentence"], video["pooled"][:1]),
+        )
+        == 2 * dim * dim + dim
+    )
+    assert count_pair_flops(head, text, video) == dim
+
+
 def test_eager_attention_is_restored():
     from tvrbench.backbone import ClipBackbone
 

@@ -287,13 +287,20 @@ def test_stress_plot_and_report_sections(tmp_path):
         "data": "didemo",
         "stress": stress,
         "stress_findings": ["A loses 10 R@1 from 0 to 60 s."],
-        "published": {"A": {"R@1": 43.4, "MnR": 17.5}},
-        "recipes": {"A": {"recipe": "shared"}, "B": "published"},
+        "published": {"A": {"R@1": 43.4, "MnR": 17.5, "source": "paper A", "protocol": "31 s"}},
+        "published_methods": ["A", "B"],
+        "recipes": {
+            "A": {"recipe": "shared", "lr": 1e-4, "precision": "bf16-mixed"},
+            "B": "published",
+        },
         "training_variance": "training variance measured over 2 seeds",
     }
     text = render_report(df, None, info, findings(df))
     assert "## Controlled length" in text and "- A loses 10 R@1 from 0 to 60 s." in text
     assert "| A | 60 | 50 | 0.33 | 30.5 ± 0.7 [–, –] |" in text  # no ranks: no interval
-    assert "| A | 43.4 | 17.5 |" in text
+    assert "| A | 43.4 | – | – | – | 17.5 | paper A | 31 s |" in text
+    assert "| B | – | – | – | – | – | none published for DiDeMo | – |" in text
+    assert "## Training recipe of every method (as run)" in text
+    assert "| A | shared | 0.0001 |" in text and "training precision: bf16-mixed" in text
     assert "- recipes: A: shared; B: published" in text
     assert "— training variance measured over 2 seeds" in text

@@ -5,8 +5,8 @@ Three costs per method:
 * text — the text tower plus the head's ``text_state`` for one query ``[1, L]``;
 * video — the video tower (``frame_embeddings``) plus the head's ``video_state`` for one video of
   ``n`` frames ``[1, n, 3, H, W]`` (the cost depends on the frame count, so on the length bucket);
-* pair — ``head.score`` on one text state and one video state (1 × 1), i.e. the per-(text, video)
-  work of retrieval once both are cached. Checked against the head's own formula
+* pair — the per-(text, video) work of ``head.score`` once both states are cached (per-text and
+  per-video work of the scorer separated out, see :func:`count_pair_flops`). Checked against the head's own formula
   ``head.pair_flops(num_words, num_frames, dim)``.
 
 fvcore traces the model; SDPA attention would be invisible to it, so the backbone is switched to
@@ -76,25 +76,49 @@ def eager_attention(module: nn.Module) -> Iterator[None]:
         backbone.set_attention_implementation(previous)
 
 
-def _first(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    return {k: v[:1] for k, v in state.items()}
+
+def _rows(state: dict[str, Tensor], n: int) -> dict[str, Tensor]:
+    """The first ``n`` rows of every tensor of a state (the first row repeated if it has fewer)."""
+    out = {}
+    for k, v in state.items():
+        v = v[:n]
+        if v.shape[0] < n:
+            v = torch.cat([v, v[:1].expand(n - v.shape[0], *v.shape[1:])])
+        out[k] = v.contiguous()
+    return out
+
+
+def _score_flops(head: Any, text_state: dict[str, Tensor], video_state: dict[str, Tensor]) -> int:
+    keys_t, keys_v = sorted(text_state), sorted(video_state)
+
+    def score(*tensors: Tensor) -> Tensor:
+        t = dict(zip(keys_t, tensors[: len(keys_t)]))
+        v = dict(zip(keys_v, tensors[len(keys_t) :]))
+        return head.score(t, v)  # (Bt, Bv)
+
+    inputs = tuple(text_state[k] for k in keys_t) + tuple(video_state[k] for k in keys_v)
+    return count_flops(head, score, inputs)
 
 
 @torch.no_grad()
 def count_pair_flops(
     head: Any, text_state: dict[str, Tensor], video_state: dict[str, Tensor]
 ) -> int:
-    """Multiply-adds of ``head.score`` on the first text and the first video (a 1 × 1 block)."""
-    text_state, video_state = _first(text_state), _first(video_state)
-    keys_t, keys_v = sorted(text_state), sorted(video_state)
+    """Multiply-adds of ``head.score`` per (text, video) pair, once both states are cached.
 
-    def score(*tensors: Tensor) -> Tensor:
-        t = dict(zip(keys_t, tensors[: len(keys_t)]))
-        v = dict(zip(keys_v, tensors[len(keys_t) :]))
-        return head.score(t, v)  # (1, 1)
-
-    inputs = tuple(text_state[k] for k in keys_t) + tuple(video_state[k] for k in keys_v)
-    return count_flops(head, score, inputs)
+    A scorer's cost on ``Bt`` texts and ``Bv`` videos is ``a + b·Bt + c·Bv + d·Bt·Bv``: work
+    done once, per text (e.g. X-Pool's query projection), per video (e.g. a per-frame
+    projection) and per pair. The per-pair term is isolated exactly by counting the 1×1, 1×2,
+    2×1 and 2×2 blocks: ``d = f(2,2) − f(1,2) − f(2,1) + f(1,1)``; a 1×1 count alone would charge
+    every pair with the per-text and per-video work too.
+    """
+    t1, t2 = _rows(text_state, 1), _rows(text_state, 2)
+    v1, v2 = _rows(video_state, 1), _rows(video_state, 2)
+    f11 = _score_flops(head, t1, v1)
+    f12 = _score_flops(head, t1, v2)
+    f21 = _score_flops(head, t2, v1)
+    f22 = _score_flops(head, t2, v2)
+    return max(0, f22 - f12 - f21 + f11)
 
 
 @torch.no_grad()
@@ -121,8 +145,8 @@ def method_flops(
         with eager_attention(module):
             text_flops = count_flops(module, module.encode_text, (input_ids, attention_mask))
             video_flops = count_flops(module, module.encode_video, (frames, frame_mask))
-            text_state = _first(module.encode_text(input_ids, attention_mask))
-            video_state = _first(module.encode_video(frames, frame_mask))
+            text_state = module.encode_text(input_ids, attention_mask)
+            video_state = module.encode_video(frames, frame_mask)
             pair_flops = count_pair_flops(module.head, text_state, video_state)
     finally:
         module.train(was_training)

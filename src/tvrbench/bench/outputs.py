@@ -217,6 +217,7 @@ def write_outputs(
         "stress": stress,
         "stress_findings": stress_lines,
         "published": published_numbers(records) if not synthetic else {},
+        "published_methods": [] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
     }
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     atomic_write_json(

@@ -453,16 +453,71 @@ def _stress_section(stress: pd.DataFrame | None, stress_lines: Sequence[str]) ->
     return [*lines, markdown_table(rows, header), ""]
 
 
-def _published_section(published: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """The papers' own DiDeMo text→video numbers, for orientation (not measured here)."""
-    if not published:
+def _published_section(
+    published: Mapping[str, Mapping[str, Any]], methods: Sequence[str] = ()
+) -> list[str]:
+    """The papers' own DiDeMo text→video numbers next to ours (real DiDeMo runs only), each
+    labelled with its source and protocol; methods without published DiDeMo numbers say so."""
+    if not published and not methods:
         return []
-    keys = list(dict.fromkeys(k for v in published.values() for k in v))
-    rows = [[m, *[_fmt(v.get(k)) for k in keys]] for m, v in published.items()]
+    metrics = ["R@1", "R@5", "R@10", "MdR", "MnR"]
+    rows = []
+    for m in dict.fromkeys([*methods, *published]):
+        p = published.get(m)
+        if p:
+            values = [_fmt(p.get(k)) for k in metrics]
+            rows.append([m, *values, p.get("source", "–"), p.get("protocol", "–")])
+        else:
+            rows.append([m, *["–"] * len(metrics), "none published for DiDeMo", "–"])
     return [
-        "## Published DiDeMo text→video numbers (from the papers, for orientation)",
+        "## Published DiDeMo text→video numbers (from the papers, not measured here)",
         "",
-        markdown_table(rows, ["method", *keys]),
+        "For orientation only: the papers' protocols differ from this run's (checkpoint "
+        "selection, frames, epochs); compare with the `all` rows above.",
+        "",
+        markdown_table(rows, ["method", *metrics, "source", "protocol"]),
+        "",
+    ]
+
+
+def _recipe_table(recipes: Mapping[str, Any] | None) -> list[str]:
+    """Every optimiser, trainer and data value each method trained with (SPEC §2.7)."""
+    records = {m: r for m, r in (recipes or {}).items() if isinstance(r, Mapping)}
+    if not records:
+        return []
+    keys = [
+        ("recipe", "recipe"),
+        ("lr", "lr new"),
+        ("backbone_lr", "lr CLIP"),
+        ("weight_decay", "wd"),
+        ("betas", "betas"),
+        ("eps", "eps"),
+        ("warmup_frac", "warm-up"),
+        ("gradient_clip_val", "grad-clip"),
+        ("precision", "precision"),
+        ("max_epochs", "epochs"),
+        ("batch_size", "batch"),
+        ("devices", "devices"),
+        ("num_nodes", "nodes"),
+        ("strategy", "strategy"),
+        ("max_words", "words"),
+        ("max_frames", "frames"),
+        ("sample_fps", "fps"),
+        ("clip_seconds", "clip s"),
+    ]
+
+    def cell(value: Any) -> str:
+        if isinstance(value, (list, tuple)):
+            return "(" + ", ".join(_fmt(v, 3) for v in value) + ")"
+        if isinstance(value, float):
+            return f"{value:g}"
+        return "–" if value is None else str(value)
+
+    rows = [[m, *[cell(r.get(k)) for k, _ in keys]] for m, r in records.items()]
+    return [
+        "## Training recipe of every method (as run)",
+        "",
+        markdown_table(rows, ["method", *[label for _, label in keys]]),
         "",
     ]
 
@@ -506,9 +561,17 @@ def render_report(
     gpu = ""
     if env.get("gpu_name"):
         gpu = f"; GPU {env.get('gpu_name')}, driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}"
+    recipe_records = [r for r in (info.get("recipes") or {}).values() if isinstance(r, Mapping)]
+    clip_seconds = sorted({str(r.get("clip_seconds")) for r in recipe_records}) or [
+        str(cfg.get("clip_seconds"))
+    ]
+    precisions = sorted({str(r.get("precision")) for r in recipe_records if r.get("precision")})
     lines += [
         f"- data: {info.get('data')} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
-        f"clip_seconds: {cfg.get('clip_seconds')}, backbone: {cfg.get('clip')}",
+        f"clip_seconds: {' / '.join(clip_seconds)} (None = whole videos), backbone: "
+        f"{cfg.get('clip')}",
+        f"- training precision: {' / '.join(precisions) or 'not recorded'}; evaluation: "
+        "states, similarities and ranks in float32",
         f"- device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
         f"{env.get('threads')} threads; dense matmul {_fmt(env.get('matmul_gflops_per_s'))} "
         "GFLOP/s (1 FLOP = 1 multiply-add)",
@@ -533,8 +596,8 @@ def render_report(
         f"- **skipped: {method}** — {reason}"
         for method, reason in (info.get("skipped") or {}).items()
     ]
+    lines += [""] + _recipe_table(info.get("recipes"))
     lines += [
-        "",
         "## Findings",
         "",
     ]
@@ -630,7 +693,7 @@ def render_report(
                     "",
                 ]
     lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
-    lines += _published_section(info.get("published") or {})
+    lines += _published_section(info.get("published") or {}, info.get("published_methods") or ())
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     for note in info.get("notes", []):
