@@ -378,7 +378,7 @@ class GLSCLModule(RetrievalModule):
         "MdR": None,
         "MnR": 13.0,
         "source": "GLSCL (Zhang et al., arXiv 2405.12710) Tab. II, ViT-B/32",
-        "protocol": "paragraph-to-video, first 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
     }
 
     def __init__(

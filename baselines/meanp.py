@@ -71,7 +71,7 @@ class MeanPModule(RetrievalModule):
         "MdR": 2.0,
         "MnR": 17.5,
         "source": "CLIP4Clip (Luo et al. 2021) meanP, ViT-B/32",
-        "protocol": "paragraph-to-video, first 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
     }
 
     def __init__(self, **kwargs: Any) -> None:

@@ -341,7 +341,7 @@ class XCLIPModule(RetrievalModule):
         "MdR": None,
         "MnR": 14.6,
         "source": "X-CLIP (Ma et al., ACM MM 2022) Tab. 4, ViT-B/32",
-        "protocol": "paragraph-to-video, first 31 s, 64 frames, 20 epochs, checkpoint chosen on val",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 20 epochs, checkpoint chosen on val",
     }
 
     def __init__(

@@ -6,8 +6,8 @@ Three costs per method:
 * video — the video tower (``frame_embeddings``) plus the head's ``video_state`` for one video of
   ``n`` frames ``[1, n, 3, H, W]`` (the cost depends on the frame count, so on the length bucket);
 * pair — the per-(text, video) work of ``head.score`` once both states are cached (per-text and
-  per-video work of the scorer separated out, see :func:`count_pair_flops`). Checked against the head's own formula
-  ``head.pair_flops(num_words, num_frames, dim)``.
+  per-video work of the scorer separated out, see :func:`count_pair_flops`). Checked against the
+  head's own formula ``head.pair_flops(num_words, num_frames, dim)``.
 
 fvcore traces the model; SDPA attention would be invisible to it, so the backbone is switched to
 eager attention while counting and switched back afterwards.
