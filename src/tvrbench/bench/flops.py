@@ -76,7 +76,6 @@ def eager_attention(module: nn.Module) -> Iterator[None]:
         backbone.set_attention_implementation(previous)
 
 
-
 def _rows(state: dict[str, Tensor], n: int) -> dict[str, Tensor]:
     """The first ``n`` rows of every tensor of a state (the first row repeated if it has fewer)."""
     out = {}
