@@ -304,3 +304,26 @@ def test_stress_plot_and_report_sections(tmp_path):
     assert "| A | shared | 0.0001 |" in text and "training precision: bf16-mixed" in text
     assert "- recipes: A: shared; B: published" in text
     assert "— training variance measured over 2 seeds" in text
+
+
+def test_ablation_groups_and_section():
+    groups = report.ablation_groups(
+        ["meanp", "xclip", "glccl_no_csc", "glccl", "glccl_no_temporal"], {"glccl": ("xclip",)}
+    )
+    assert groups == [["xclip", "glccl_no_csc", "glccl_no_temporal", "glccl"]]
+    assert report.ablation_groups(["meanp", "xclip", "glccl"], {"glccl": ("xclip",)}) == []
+    rows = [
+        (m, b, 10, r1, r1 - 5, r1 + 5)
+        for m, base in (("xclip", 20.0), ("glccl_no_csc", 24.0), ("glccl", 25.0))
+        for b, r1 in (("short", base + 2), ("all", base))
+    ]
+    df = table(rows)
+    df["t2v_MnR"] = 7.0
+    text = render_report(
+        df, None, {"data": "synthetic", "ablation_baselines": {"glccl": ("xclip",)}}, []
+    )
+    assert "## Ablations" in text
+    assert "| xclip | 22.0 (-5.0) / 7.0 | 20.0 (-5.0) / 7.0 |" in text
+    assert "| glccl_no_csc | 26.0 (-1.0) / 7.0 | 24.0 (-1.0) / 7.0 |" in text
+    assert "| glccl | 27.0 / 7.0 | 25.0 / 7.0 |" in text
+    assert "## Ablations" not in render_report(df[df["method"] != "glccl_no_csc"], None, {}, [])

@@ -463,6 +463,10 @@ class GLCCLModule(RetrievalModule):
         **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
     """
 
+    #: Reference methods of the ablation table (report): X-CLIP is GLCCL without GLIM and CSC
+    #: (SPEC §2.5), so "X-CLIP → + GLIM → + CSC = GLCCL" with the ``glccl_*`` variants.
+    ABLATION_BASELINES = ("xclip",)
+
     def __init__(
         self,
         max_words: int = 32,

@@ -218,6 +218,7 @@ def write_outputs(
         "stress_findings": stress_lines,
         "published": published_numbers(records) if not synthetic else {},
         "published_methods": [] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
+        "ablation_baselines": class_attribute(records, "ABLATION_BASELINES"),
     }
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     atomic_write_json(
@@ -256,8 +257,8 @@ def write_outputs(
     print(f"report: {run_dir / 'report.md'}")
 
 
-def published_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each method class's published DiDeMo text→video numbers (``PUBLISHED_DIDEMO_T2V``)."""
+def class_attribute(records: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """``{method: value}`` of a class attribute of each record's method class (where set)."""
     from tvrbench.bench.config import class_of
 
     out: dict[str, Any] = {}
@@ -266,7 +267,12 @@ def published_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
             cls = class_of(r["class_path"])
         except Exception:
             continue
-        published = getattr(cls, "PUBLISHED_DIDEMO_T2V", None)
-        if published:
-            out[r["method"]] = published
+        value = getattr(cls, name, None)
+        if value:
+            out[r["method"]] = value
     return out
+
+
+def published_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each method class's published DiDeMo text→video numbers (``PUBLISHED_DIDEMO_T2V``)."""
+    return class_attribute(records, "PUBLISHED_DIDEMO_T2V")

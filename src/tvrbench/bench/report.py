@@ -480,6 +480,64 @@ def _published_section(
     ]
 
 
+def ablation_groups(
+    methods: Sequence[str], baselines: Mapping[str, Sequence[str]]
+) -> list[list[str]]:
+    """Ablation rows: for every method ``base`` run together with variants named
+    ``base_<variant>`` (configs of the same method, e.g. ``glccl_no_csc``), the method's
+    declared reference methods that were run (``baselines[base]``, e.g. X-CLIP for GLCCL:
+    "X-CLIP → + GLIM → + CSC = GLCCL"), then the variants, then ``base`` itself."""
+    groups = []
+    for base in methods:
+        variants = [m for m in methods if m.startswith(base + "_")]
+        if variants:
+            refs = [m for m in baselines.get(base, ()) if m in methods]
+            groups.append([*refs, *variants, base])
+    return groups
+
+
+def _ablation_section(
+    results: pd.DataFrame, baselines: Mapping[str, Sequence[str]] | None
+) -> list[str]:
+    """t2v R@1 and MnR per bucket of every ablation group, with the change versus the full
+    method (seed means when there are several seeds)."""
+    headline = summary_rows(results)
+    methods = list(dict.fromkeys(headline["method"].astype(str)))
+    groups = ablation_groups(methods, baselines or {})
+    if not groups:
+        return []
+    buckets = [*bucket_order(headline), "all"]
+    lines = ["## Ablations", ""]
+    for group in groups:
+        base = group[-1]
+        by = {
+            (str(r["method"]), str(r["bucket"])): r
+            for _, r in headline[headline["method"].astype(str).isin(group)].iterrows()
+        }
+        rows = []
+        for m in group:
+            cells = [m]
+            for b in buckets:
+                r, ref = by.get((m, b)), by.get((base, b))
+                if r is None:
+                    cells.append("–")
+                    continue
+                r1, mnr = float(r["t2v_R@1"]), float(r["t2v_MnR"])
+                delta = ""
+                if m != base and ref is not None:
+                    delta = f" ({r1 - float(ref['t2v_R@1']):+.1f})"
+                cells.append(f"{_fmt(r1)}{delta} / {_fmt(mnr)}")
+            rows.append(cells)
+        lines += [
+            f"{base}: its reference method(s) and configuration variants, t2v R@1 (change "
+            f"versus {base}) / MnR per length bucket; the intervals are in the table above.",
+            "",
+            markdown_table(rows, ["method", *buckets]),
+            "",
+        ]
+    return lines
+
+
 def _recipe_table(recipes: Mapping[str, Any] | None) -> list[str]:
     """Every optimiser, trainer and data value each method trained with (SPEC §2.7)."""
     records = {m: r for m, r in (recipes or {}).items() if isinstance(r, Mapping)}
@@ -692,6 +750,7 @@ def render_report(
                     f"matmul rate: {', '.join(parts)}.",
                     "",
                 ]
+    lines += _ablation_section(results, info.get("ablation_baselines"))
     lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
     lines += _published_section(info.get("published") or {}, info.get("published_methods") or ())
     if plots:
