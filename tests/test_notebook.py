@@ -33,7 +33,8 @@ def test_notebook_runs_on_tiny_results(tmp_path, monkeypatch):
     from tvrbench.bench.runner import main
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert main(tiny_argv(tmp_path)) == 0
+    argv = [*tiny_argv(tmp_path), "--stress", "true", "--injected_lengths_s", "[0, 20]"]
+    assert main(argv) == 0
     results = run_dir_of(tmp_path) / "results.csv"
     # A kernel spec that runs this interpreter (the project's venv), not a system-wide python3.
     spec_dir = tmp_path / "kernels" / "python3"
@@ -55,6 +56,11 @@ def test_notebook_runs_on_tiny_results(tmp_path, monkeypatch):
         resources={"metadata": {"path": str(tmp_path)}},
     )
     client.execute(env=dict(os.environ))
-    printed = "".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    printed = "".join(
+        o.get("text", "") + o.get("data", {}).get("text/plain", "")
+        for c in nb.cells
+        for o in c.get("outputs", [])
+    )
+    assert "mean_relevant_fraction" in printed  # the controlled-length cell found stress.csv
     assert str(results) in printed
     assert "SYNTHETIC DATA" in printed
