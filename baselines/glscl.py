@@ -51,7 +51,7 @@ from torch import Tensor, nn
 from tvrbench.backbone import TextFeatures
 from tvrbench.glccl import masked_softmax
 from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_temporal
+from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_head_temporal
 
 NORM_EPS = 1e-12
 
@@ -422,11 +422,9 @@ class GLSCLModule(RetrievalModule):
             mask_padding=mask_padding,
             use_temporal=use_temporal,
         )
-        if self.head.temporal is not None:
-            note = initialise_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-            self.init_notes.append(note)
-        else:
-            self.init_notes.append("temporal encoder: off (use_temporal=False)")
+        self.init_notes.append(
+            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
+        )
 
 
 __all__ = [

@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from tvrbench.backbone import TextFeatures
 from tvrbench.glccl import attention_pool
 from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_temporal
+from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_head_temporal
 
 # Parameter name → (symbol, the size it is built for): the head's learnable score matrices.
 MATRICES: dict[str, tuple[str, str]] = {
@@ -363,11 +363,9 @@ class XCLIPModule(RetrievalModule):
             mask_padding=mask_padding,
             use_temporal=use_temporal,
         )
-        if self.head.temporal is not None:
-            note = initialise_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-            self.init_notes.append(note)
-        else:
-            self.init_notes.append("temporal encoder: off (use_temporal=False)")
+        self.init_notes.append(
+            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
+        )
 
 
 __all__ = [

@@ -58,7 +58,7 @@ from tvrbench.temporal import (
     TEMPORAL_INITS,
     TemporalEncoder,
     TemporalShapeError,
-    initialise_temporal,
+    initialise_head_temporal,
 )
 
 NORM_EPS = 1e-12
@@ -494,11 +494,9 @@ class GLCCLModule(RetrievalModule):
             mask_padding=mask_padding,
             use_temporal=use_temporal,
         )
-        if self.head.temporal is not None:
-            note = initialise_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-            self.init_notes.append(note)
-        else:
-            self.init_notes.append("temporal encoder: off (use_temporal=False)")
+        self.init_notes.append(
+            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
+        )
 
 
 __all__ = [

@@ -243,11 +243,7 @@ def run_method(
             module, datamodule, capture.sample, stress, device, precision=trainer.precision
         )
     return {
-        "method": spec.method,
-        "seed": spec.seed,
-        "class_path": spec.config["model"]["class_path"],
-        "init_args": spec.config["model"]["init_args"],
-        "recipe": spec.recipe_record(),
+        **_identity(spec),
         "checkpoint": checkpoint,
         "selected_on": selected_on,
         "best_val_R@1": best_val,
@@ -262,14 +258,21 @@ def run_method(
     }
 
 
-def skipped_record(spec: RunSpec, reason: str) -> dict[str, Any]:
-    """The record of a (method, seed) the protocol cannot run."""
+def _identity(spec: RunSpec) -> dict[str, Any]:
+    """What every record of a (method, seed) starts with: names, configuration, recipe."""
     return {
         "method": spec.method,
         "seed": spec.seed,
         "class_path": spec.config["model"]["class_path"],
         "init_args": spec.config["model"]["init_args"],
         "recipe": spec.recipe_record(),
+    }
+
+
+def skipped_record(spec: RunSpec, reason: str) -> dict[str, Any]:
+    """The record of a (method, seed) the protocol cannot run."""
+    return {
+        **_identity(spec),
         "skipped": reason,
         "notes": [],
         "rows": [],
