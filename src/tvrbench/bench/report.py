@@ -632,7 +632,8 @@ def render_report(
         "states, similarities and ranks in float32",
         f"- device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
         f"{env.get('threads')} threads; dense matmul {_fmt(env.get('matmul_gflops_per_s'))} "
-        "GFLOP/s (1 FLOP = 1 multiply-add)",
+        "GFLOP/s (1 FLOP = 1 multiply-add); FLOPs and latencies measured on this one device, "
+        "whatever the training used",
     ]
     if env.get("cpu_model") or gpu:
         lines.append(f"- CPU: {env.get('cpu_model') or 'unknown'}{gpu}")
