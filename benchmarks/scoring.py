@@ -95,6 +95,7 @@ from benchmarks.train_step import (  # noqa: E402  (method discovery, shared and
     resolve_methods,
 )
 from tvrbench.backbone import TextFeatures  # noqa: E402
+from tvrbench.bench.environment import proc_status_kb, reset_peak_rss  # noqa: E402
 from tvrbench.chunking import block_sizes, chunked_score, slice_state  # noqa: E402
 from tvrbench.retrieval import RetrievalHead, State  # noqa: E402
 
@@ -485,25 +486,6 @@ def matmul_rate_gflops(device: torch.device, dtype: torch.dtype, size: int, repe
     return size**3 / statistics.median(times) / 1e9
 
 
-def _proc_status_kb(key: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's VmHWM to its current RSS (Linux ≥ 4.0)."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
 def measure_peak_here(fn: Callable[[], Tensor], device: torch.device) -> dict[str, Any]:
     """Peak memory growth of one call of ``fn`` in this process, bytes."""
     gc.collect()
@@ -517,8 +499,8 @@ def measure_peak_here(fn: Callable[[], Tensor], device: torch.device) -> dict[st
         peak = torch.cuda.max_memory_allocated(device) - base
         del out
         return {"peak_bytes": peak, "how": "torch.cuda.max_memory_allocated"}
-    reset = _reset_peak_rss()
-    base_kb = _proc_status_kb("VmRSS")
+    reset = reset_peak_rss()
+    base_kb = proc_status_kb("VmRSS")
     if base_kb is None:  # no /proc: ru_maxrss covers the whole process (an upper bound)
         import resource
 
@@ -526,7 +508,7 @@ def measure_peak_here(fn: Callable[[], Tensor], device: torch.device) -> dict[st
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         return {"peak_bytes": peak_kb * 1024, "how": "ru_maxrss (whole process)"}
     out = fn()
-    peak_kb = _proc_status_kb("VmHWM") or base_kb
+    peak_kb = proc_status_kb("VmHWM") or base_kb
     del out
     how = "VmHWM-VmRSS" if reset else "VmHWM-VmRSS (peak mark not reset: upper bound)"
     return {"peak_bytes": (peak_kb - base_kb) * 1024, "how": how}

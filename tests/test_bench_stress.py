@@ -102,6 +102,10 @@ def test_plot_report_and_json(stress_run):
     report = (run / "report.md").read_text()
     assert "## Controlled length" in report and "stress_vs_length.png" in report
     assert "per added minute" in report
+    assert "## Run cost on this machine" in report
+    record = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())
+    assert record["wall_seconds"] >= record["train_seconds"] > 0
+    assert record["peak_rss_mb"] is None or record["peak_rss_mb"] > 50
     info = json.loads((run / "results.json").read_text())
     assert info["stress_findings"] and len(info["stress"]) == len(_stress(run))
     assert info["config"]["injected_lengths_s"] == LENGTHS

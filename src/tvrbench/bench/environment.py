@@ -175,3 +175,24 @@ def collect_environment(
     if config is not None:
         env["config"] = config
     return env
+
+
+def proc_status_kb(key: str) -> int | None:
+    """A ``/proc/self/status`` figure in KiB (``VmRSS``, ``VmHWM``, …); None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's peak-RSS mark ``VmHWM`` to its current RSS (Linux ≥ 4.0); False
+    where that is not possible (the mark then covers the whole process so far)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from tvrbench.bench.config import BenchConfigError, RunSpec
+from tvrbench.bench.environment import proc_status_kb, reset_peak_rss
 from tvrbench.bench.measure import TestCapture, measure_tested
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
 
@@ -160,6 +161,8 @@ def run_method(
             evaluated again at every injected length after the test; None: not run.
     """
     print(f"[{spec.key}] {spec.config['model']['class_path']} (recipe {spec.recipe})")
+    started_s = time.perf_counter()
+    peak_reset = reset_peak_rss()
     config = copy.deepcopy(spec.config)
     if cached is not None:
         config["model"]["init_args"]["freeze_backbone"] = True
@@ -242,8 +245,14 @@ def run_method(
         stress_rows, stress_ranks = evaluate_lengths(
             module, datamodule, capture.sample, stress, device, precision=trainer.precision
         )
+    peak_kb = proc_status_kb("VmHWM")
     return {
         **_identity(spec),
+        "wall_seconds": time.perf_counter() - started_s,
+        # This process's peak RSS during the method (training in a DDP child not included);
+        # without a resettable mark it is the whole process's peak so far (an upper bound).
+        "peak_rss_mb": peak_kb / 1024 if peak_kb is not None else None,
+        "peak_rss_scope": "this method" if peak_reset else "process so far (upper bound)",
         "checkpoint": checkpoint,
         "selected_on": selected_on,
         "best_val_R@1": best_val,

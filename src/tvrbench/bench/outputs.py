@@ -219,6 +219,14 @@ def write_outputs(
         "published": published_numbers(records) if not synthetic else {},
         "published_methods": [] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
         "ablation_baselines": class_attribute(records, "ABLATION_BASELINES"),
+        "run_costs": {
+            key(r): {
+                k: r.get(k)
+                for k in ("epochs_trained", "train_seconds", "wall_seconds", "peak_rss_mb")
+            }
+            for r in records
+            if not r.get("skipped")
+        },
     }
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     atomic_write_json(

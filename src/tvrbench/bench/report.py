@@ -538,6 +538,33 @@ def _ablation_section(
     return lines
 
 
+def _run_cost_section(costs: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
+    """Epochs, training and whole-method wall time, peak RSS of every (method, seed)."""
+    if not costs:
+        return []
+    rows = [
+        [
+            key,
+            _fmt(c.get("epochs_trained")),
+            _fmt(c.get("train_seconds"), 0),
+            _fmt(c.get("wall_seconds"), 0),
+            _fmt(c.get("peak_rss_mb"), 0),
+        ]
+        for key, c in costs.items()
+    ]
+    header = ["method", "epochs", "training s", "method wall s", "peak RSS MiB"]
+    return [
+        "## Run cost on this machine",
+        "",
+        "Method wall time covers training, testing, every measurement and the controlled-length "
+        "evaluation; peak RSS is this process's during the method (a DDP training child's "
+        "memory is not included).",
+        "",
+        markdown_table(rows, header),
+        "",
+    ]
+
+
 def _recipe_table(recipes: Mapping[str, Any] | None) -> list[str]:
     """Every optimiser, trainer and data value each method trained with (SPEC §2.7)."""
     records = {m: r for m, r in (recipes or {}).items() if isinstance(r, Mapping)}
@@ -754,6 +781,7 @@ def render_report(
     lines += _ablation_section(results, info.get("ablation_baselines"))
     lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
     lines += _published_section(info.get("published") or {}, info.get("published_methods") or ())
+    lines += _run_cost_section(info.get("run_costs"))
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
     for note in info.get("notes", []):
