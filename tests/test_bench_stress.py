@@ -145,7 +145,7 @@ def test_stress_command_adds_lengths(stress_run):
     assert stress_main(["--run", str(run.parent / "nope")]) == 2
 
 
-def _rows(method: str, values: list[float], lengths=(0.0, 60.0, 120.0)) -> list[dict]:
+def _rows(method: str, values: list[float], lengths=(0.0, 60.0, 120.0), mnr=None) -> list[dict]:
     return [
         {
             "method": method,
@@ -154,6 +154,8 @@ def _rows(method: str, values: list[float], lengths=(0.0, 60.0, 120.0)) -> list[
             "t2v_R@1": v,
             "t2v_R@1_lo": v - 1,
             "t2v_R@1_hi": v + 1,
+            "t2v_MnR": (mnr or {}).get(t, 10.0),
+            "chance_R@1": 1.0,
         }
         for t, v in zip(lengths, values)
     ]
@@ -162,12 +164,20 @@ def _rows(method: str, values: list[float], lengths=(0.0, 60.0, 120.0)) -> list[
 def test_findings_hand_computed():
     # A: 30 → 20 → 10 (−10 per minute); B: 25 → 22 → 19 (−3 per minute): B degrades least; the
     # order A > B at 0 s becomes B > A at 60 s.
-    df = pd.DataFrame(_rows("A", [30, 20, 10]) + _rows("B", [25, 22, 19]))
+    # MnR: A 10 → 40 (+15 per minute), B 10 → 16 (+3 per minute).
+    df = pd.DataFrame(
+        _rows("A", [30, 20, 10], mnr={0.0: 10, 60.0: 25, 120.0: 40})
+        + _rows("B", [25, 22, 19], mnr={0.0: 10, 60.0: 13, 120.0: 16})
+    )
     lines = stress_findings(df)
     text = "\n".join(lines)
     assert lines[0].startswith("Degrades least as length grows: B (-3.00")
     assert "most: A (-10.00" in lines[0]
-    assert "A: t2v_R@1 30.0 at T = 0 s → 10.0 at T = 120 s (-20.0 points; 95 % intervals" in text
+    assert (
+        lines[1] == "Mean rank grows least: B (+3.00 t2v_MnR per added minute); most: A (+15.00)."
+    )
+    assert "A: t2v_R@1 30.0 at T = 0 s → 10.0 at T = 120 s (-20.0 points, keeps 33 % of it;" in text
+    assert "t2v_MnR 10.0 → 40.0" in text
     assert "disjoint" in text
     assert "at T = 60 s the order becomes B > A" in text
 
@@ -177,7 +187,10 @@ def test_findings_unchanged_ranking_and_overlap():
     text = "\n".join(stress_findings(df))
     assert "is the same at every injected length" in text
     assert (
-        "A: t2v_R@1 30.0 at T = 0 s → 29.0 at T = 120 s (-1.0 points; 95 % intervals overlap)"
-        in text
+        "A: t2v_R@1 30.0 at T = 0 s → 29.0 at T = 120 s (-1.0 points, keeps 97 % of it; "
+        "95 % intervals overlap)" in text
     )
     assert stress_findings(pd.DataFrame(_rows("A", [30], lengths=(0.0,)))) == []
+    rows = _rows("A", [30, 5, 1.5]) + _rows("B", [9, 8, 7])
+    floor = "\n".join(stress_findings(pd.DataFrame(rows)))
+    assert "1.5 at T = 120 s (within twice chance, 1)" in floor

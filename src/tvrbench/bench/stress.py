@@ -378,9 +378,11 @@ def _slope_per_minute(lengths_s: np.ndarray, values: np.ndarray) -> float:
 
 def stress_findings(stress: pd.DataFrame, metric: str = "t2v_R@1") -> list[str]:
     """Sentences computed from the controlled-length rows (seed means when there are several
-    seeds): each method's change from the shortest to the longest injected length with whether
-    the two 95 % intervals are disjoint, the least-squares loss per added minute, which method
-    degrades least, and the lengths at which the ranking of the methods changes."""
+    seeds): each method's change from the shortest to the longest injected length (with whether
+    the two 95 % intervals are disjoint, and the share of its unchanged value it keeps), the
+    least-squares change per added minute of ``metric`` and of the mean rank, which method
+    degrades least by each, and the lengths at which the ranking of the methods changes.
+    Values within twice chance (``chance_R@1``) are called out: there is nothing left to rank."""
     from tvrbench.bench.seeds import summary_rows
 
     table = summary_rows(stress)
@@ -391,12 +393,18 @@ def stress_findings(stress: pd.DataFrame, metric: str = "t2v_R@1") -> list[str]:
     if len(lengths) < 2:
         return []
     lo_t, hi_t = lengths[0], lengths[-1]
+    rank_metric = metric.split("_")[0] + "_MnR"
+    chance = float(table["chance_R@1"].max()) if "chance_R@1" in table else math.nan
     lines: list[str] = []
     slopes: dict[str, float] = {}
+    rank_slopes: dict[str, float] = {}
     for method, g in table.groupby("method", sort=False):
         g = g.sort_values("T")
         values = g[metric].astype(float).to_numpy()
         slopes[str(method)] = _slope_per_minute(g["T"].to_numpy(), values)
+        if rank_metric in g:
+            ranks = g[rank_metric].astype(float).to_numpy()
+            rank_slopes[str(method)] = _slope_per_minute(g["T"].to_numpy(), ranks)
         first, last = g.iloc[0], g.iloc[-1]
         disjoint = (
             float(last.get(f"{metric}_hi", math.nan)) < float(first.get(f"{metric}_lo", math.nan))
@@ -404,21 +412,46 @@ def stress_findings(stress: pd.DataFrame, metric: str = "t2v_R@1") -> list[str]:
             float(last.get(f"{metric}_lo", math.nan)) > float(first.get(f"{metric}_hi", math.nan))
         )
         verdict = "95 % intervals disjoint" if disjoint else "95 % intervals overlap"
+        kept = (
+            f", keeps {100 * last[metric] / first[metric]:.0f} % of it"
+            if float(first[metric]) > 0
+            else ""
+        )
+        floor = (
+            f" (within twice chance, {chance:.2g})"
+            if math.isfinite(chance) and float(last[metric]) <= 2 * chance
+            else ""
+        )
+        rank_part = (
+            f"; {rank_metric} {first[rank_metric]:.1f} → {last[rank_metric]:.1f}"
+            if rank_metric in g
+            else ""
+        )
         lines.append(
             f"{method}: {metric} {first[metric]:.1f} at T = {first['T']:g} s → {last[metric]:.1f} "
-            f"at T = {last['T']:g} s ({last[metric] - first[metric]:+.1f} points; {verdict}); "
-            f"{slopes[str(method)]:+.2f} points per added minute (least squares over "
-            f"{len(g)} lengths)."
+            f"at T = {last['T']:g} s{floor} ({last[metric] - first[metric]:+.1f} points{kept}; "
+            f"{verdict}); {slopes[str(method)]:+.2f} points per added minute (least squares over "
+            f"{len(g)} lengths){rank_part}."
         )
-    finite = {m: s for m, s in slopes.items() if math.isfinite(s)}
+    finite = {m: v for m, v in slopes.items() if math.isfinite(v)}
+    head: list[str] = []
     if len(finite) > 1:
         best = max(finite, key=lambda m: finite[m])
         worst = min(finite, key=lambda m: finite[m])
-        lines.insert(
-            0,
+        head.append(
             f"Degrades least as length grows: {best} ({finite[best]:+.2f} {metric} points per "
-            f"added minute); most: {worst} ({finite[worst]:+.2f}), over T = {lo_t:g}–{hi_t:g} s.",
+            f"added minute); most: {worst} ({finite[worst]:+.2f}), over T = {lo_t:g}–{hi_t:g} s "
+            "(a method that starts lower has less to lose: see the share each keeps)."
         )
+    finite_ranks = {m: v for m, v in rank_slopes.items() if math.isfinite(v)}
+    if len(finite_ranks) > 1:
+        best = min(finite_ranks, key=lambda m: finite_ranks[m])
+        worst = max(finite_ranks, key=lambda m: finite_ranks[m])
+        head.append(
+            f"Mean rank grows least: {best} ({finite_ranks[best]:+.2f} {rank_metric} per added "
+            f"minute); most: {worst} ({finite_ranks[worst]:+.2f})."
+        )
+    lines = head + lines
     previous: list[str] | None = None
     changes: list[str] = []
     for t in lengths:
