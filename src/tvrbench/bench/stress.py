@@ -266,6 +266,15 @@ def restress_run(
     Unset options keep the run's own settings (``results.json`` ``config``). A different
     distractor split, placement or gallery than the run's would mix settings in one table:
     refused.
+
+    Args:
+        run: the run folder (``outputs/bench-didemo/<run>``).
+        injected_lengths_s: lengths T in seconds to evaluate (those the run has are skipped);
+            default: the run's own, else the data's default set.
+        distractor_split: ``val`` or ``train`` (must match the run's existing stress rows).
+        placement: ``random``, ``start``, ``middle`` or ``end`` (likewise).
+        stress_gallery: the first N test videos (likewise; None: the run's setting).
+        device: ``auto``, ``cpu`` or ``cuda`` (default: the run's).
     """
     from tvrbench.bench.config import BenchConfigError, seed_list, split_methods
     from tvrbench.bench.environment import collect_environment
