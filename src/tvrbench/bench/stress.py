@@ -385,6 +385,17 @@ def _slope_per_minute(lengths_s: np.ndarray, values: np.ndarray) -> float:
     return float(np.polyfit(lengths_s / 60.0, values, 1)[0])
 
 
+def _best_and_worst(
+    values: dict[str, float], higher_is_better: bool
+) -> tuple[tuple[str, float], tuple[str, float]] | None:
+    """``((best, value), (worst, value))`` among the finite values; None with fewer than two."""
+    finite = {m: v for m, v in values.items() if math.isfinite(v)}
+    if len(finite) < 2:
+        return None
+    order = sorted(finite, key=lambda m: finite[m], reverse=higher_is_better)
+    return (order[0], finite[order[0]]), (order[-1], finite[order[-1]])
+
+
 def stress_findings(stress: pd.DataFrame, metric: str = "t2v_R@1") -> list[str]:
     """Sentences computed from the controlled-length rows (seed means when there are several
     seeds): each method's change from the shortest to the longest injected length (with whether
@@ -442,23 +453,21 @@ def stress_findings(stress: pd.DataFrame, metric: str = "t2v_R@1") -> list[str]:
             f"{verdict}); {slopes[str(method)]:+.2f} points per added minute (least squares over "
             f"{len(g)} lengths){rank_part}."
         )
-    finite = {m: v for m, v in slopes.items() if math.isfinite(v)}
     head: list[str] = []
-    if len(finite) > 1:
-        best = max(finite, key=lambda m: finite[m])
-        worst = min(finite, key=lambda m: finite[m])
+    extremes = _best_and_worst(slopes, higher_is_better=True)
+    if extremes:
+        (best, b), (worst, w) = extremes
         head.append(
-            f"Degrades least as length grows: {best} ({finite[best]:+.2f} {metric} points per "
-            f"added minute); most: {worst} ({finite[worst]:+.2f}), over T = {lo_t:g}–{hi_t:g} s "
-            "(a method that starts lower has less to lose: see the share each keeps)."
+            f"Degrades least as length grows: {best} ({b:+.2f} {metric} points per added "
+            f"minute); most: {worst} ({w:+.2f}), over T = {lo_t:g}–{hi_t:g} s (a method that "
+            "starts lower has less to lose: see the share each keeps)."
         )
-    finite_ranks = {m: v for m, v in rank_slopes.items() if math.isfinite(v)}
-    if len(finite_ranks) > 1:
-        best = min(finite_ranks, key=lambda m: finite_ranks[m])
-        worst = max(finite_ranks, key=lambda m: finite_ranks[m])
+    extremes = _best_and_worst(rank_slopes, higher_is_better=False)
+    if extremes:
+        (best, b), (worst, w) = extremes
         head.append(
-            f"Mean rank grows least: {best} ({finite_ranks[best]:+.2f} {rank_metric} per added "
-            f"minute); most: {worst} ({finite_ranks[worst]:+.2f})."
+            f"Mean rank grows least: {best} ({b:+.2f} {rank_metric} per added minute); most: "
+            f"{worst} ({w:+.2f})."
         )
     lines = head + lines
     previous: list[str] | None = None
