@@ -441,11 +441,8 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 
     columns = COLUMNS
     path.parent.mkdir(parents=True, exist_ok=True)
-    formatted = [
-        {k: f"{r[k]:.6g}" if isinstance(r[k], float) else r[k] for k in columns if k in r}
-        for r in rows
-    ]
-    atomic_write_csv(path, formatted, columns)
+    kept = [{k: r[k] for k in columns if k in r} for r in rows]  # the documented columns only
+    atomic_write_csv(path, kept, columns, float_format=".6g")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -209,3 +209,13 @@ def test_frame_cache_failed_store_leaves_no_entry(tmp_path, monkeypatch):
     ]  # fmt: skip
     np.testing.assert_array_equal(store.load_frames(video, sampling), frames)
     assert store.info(video, sampling).num_frames == 2
+
+
+def test_csv_float_format(tmp_path):
+    from tvrbench.atomic import atomic_write_csv
+
+    path = tmp_path / "f.csv"
+    atomic_write_csv(
+        path, [{"a": 1.0 / 3.0, "b": "x", "c": 2}], ["a", "b", "c"], float_format=".3g"
+    )
+    assert path.read_text() == "a,b,c\n0.333,x,2\n"

@@ -74,9 +74,18 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_write_csv(
-    path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+    path: str | Path,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str],
+    float_format: str | None = None,
 ) -> None:
-    """CSV with ``columns`` first (keys found only in rows appended), a header even when empty."""
+    """CSV with ``columns`` first (keys found only in rows appended), a header even when empty;
+    ``float_format`` (e.g. ``".6g"``) formats every float value."""
+    if float_format is not None:
+        rows = [
+            {k: format(v, float_format) if isinstance(v, float) else v for k, v in row.items()}
+            for row in rows
+        ]
     extra = [k for row in rows for k in row if k not in columns]
     header = list(columns) + list(dict.fromkeys(extra))
     buf = io.StringIO()
