@@ -235,6 +235,13 @@ def run_method(
             notes.append("no validation ran inside the budget: tested the last checkpoint")
         checkpoint = ckpt_path
     epochs = int(trainer.current_epoch)
+    planned = config["trainer"].get("max_epochs")
+    if selected_on == "val/R@1" and not distributed and planned and epochs < int(planned):
+        # The max_time safety net ended training early: say so, never silently.
+        notes.append(
+            f"training stopped by max_time after {epochs} of {planned} epochs "
+            f"({config['trainer'].get('max_time')}): not the same budget as a complete run"
+        )
     if ckpt_path is not None:
         load_checkpoint_weights(module, ckpt_path)
     trainer.test(module, datamodule=data, verbose=False)
