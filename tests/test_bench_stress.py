@@ -103,6 +103,7 @@ def test_plot_report_and_json(stress_run):
     assert "## Controlled length" in report and "stress_vs_length.png" in report
     assert "per added minute" in report
     assert "## Run cost on this machine" in report
+    assert "Evaluated on the whole test split; distractors from the val split" in report
     record = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())
     assert record["wall_seconds"] >= record["train_seconds"] > 0
     assert record["peak_rss_mb"] is None or record["peak_rss_mb"] > 50
@@ -135,7 +136,11 @@ def test_resume_rewrites_stress_without_retraining(stress_run):
 
 def test_stress_command_adds_lengths(stress_run):
     _, run = stress_run
+    env_before = json.loads((run / "results.json").read_text())["environment"]
     assert stress_main(["--run", str(run), "--injected_lengths_s", "[0, 30]"]) == 0
+    env_after = json.loads((run / "results.json").read_text())["environment"]
+    assert env_after["time_utc"] == env_before["time_utc"]  # the run's own environment kept
+    assert "stress_added_on" in env_after
     df = _stress(run)
     per_seed = df[df["seed"].astype(str) != "mean"]
     for _, g in per_seed.groupby("method"):

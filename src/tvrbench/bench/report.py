@@ -418,9 +418,25 @@ def _stress_section(stress: pd.DataFrame | None, stress_lines: Sequence[str]) ->
     headline = summary_rows(stress)
     several = count_seeds(stress) > 1
     spread = " ± std" if several else ""
+    setting = []
+    first = stress.iloc[0]
+    if "stress_gallery" in stress:
+        gallery = first.get("stress_gallery")
+        scope = (
+            "the whole test split"
+            if str(gallery) in ("all", "None", "nan")
+            else f"the first {gallery} test videos only (the gallery and the queries)"
+        )
+        setting = [
+            f"Evaluated on {scope}; distractors from the {first.get('distractor_split')} split, "
+            f"video placed at a {first.get('placement')} offset; the checkpoints of the tests "
+            "above, not retrained. `stress_vs_length.png` plots R@1 and MnR.",
+            "",
+        ]
     lines = [
         "## Controlled length: distractors injected around every test video",
         "",
+        *setting,
         *[f"- {s}" for s in stress_lines],
         *([""] if stress_lines else []),
     ]

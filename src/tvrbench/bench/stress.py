@@ -321,13 +321,18 @@ def restress_run(
         )
         return shared.setdefault(key, dm)
 
+    added = False
     for record in read_records(run_dir, methods, seeds):
         done = complete_record(
             run_dir, record, settings, torch_device, instantiate=instantiate, datamodule_for=share
         )
         if done is not record:
             write_record(run_dir, done)
-    env = collect_environment(torch_device, config=None)
+            added = True
+    # The run's own environment stays; lengths added now say where they were measured.
+    env = dict(info.get("environment") or collect_environment(torch_device, config=None))
+    if added:
+        env["stress_added_on"] = collect_environment(torch_device, config=None)
     write_outputs(run_dir, methods, seeds, config, env, synthetic)
     return run_dir
 
