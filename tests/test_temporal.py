@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -64,17 +65,19 @@ def test_unknown_initialisation_is_an_error():
 
 
 def test_blocks_compute_what_pytorch_pre_ln_encoder_layers_compute():
-    """The block is a drop-in for the earlier ``nn.TransformerEncoderLayer(norm_first=True,
-    activation="gelu")``: same parameter names, same initial weights for a seed, same outputs."""
+    """The block is a drop-in for the earlier ``nn.TransformerEncoderLayer(norm_first=True)``:
+    same parameter names, same initial weights for a seed, same outputs (with the same activation
+    and LayerNorm epsilon, 1e-12)."""
     dim, layers, heads = WIDTH, 3, 1
     torch.manual_seed(0)
-    ours = TemporalEncoder(dim, layers=layers, max_frames=8)
+    ours = TemporalEncoder(dim, layers=layers, max_frames=8, activation="gelu")
     torch.manual_seed(0)
     position = nn.Embedding(8, dim)
     nn.init.normal_(position.weight, std=0.02)
     layer = nn.TransformerEncoderLayer(
-        dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True
-    )
+        dim, heads, 4 * dim, dropout=0.0, activation="gelu", batch_first=True, norm_first=True,
+        layer_norm_eps=1e-12,
+    )  # fmt: skip
     stock = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
     for block in stock.layers:
         for proj in (block.self_attn.out_proj, block.linear2):
@@ -103,12 +106,15 @@ def test_blocks_compute_what_pytorch_pre_ln_encoder_layers_compute():
 
 def test_clip_text_block_computes_what_the_clip_text_layer_computes():
     """Block i after clip_text = CLIP text layer i on the same input without the causal mask,
-    with and without padded keys, to 1e-5."""
+    with and without padded keys, to 1e-5 (the CLIP layer given the blocks' LayerNorm epsilon,
+    1e-12, as the official code does when it loads CLIP's weights into its blocks)."""
     clip = tiny_clip(layers=2)
     enc = TemporalEncoder(WIDTH, layers=2, max_frames=8)
     note = initialise_temporal(enc, "clip_text", clip)
     assert note.startswith("temporal encoder: clip_text initialisation")
     assert "layers 0-1" in note and "2 heads" in note and "quick_gelu" in note
+    for layer in clip.text_model.encoder.layers:
+        layer.layer_norm1.eps = layer.layer_norm2.eps = 1e-12
     torch.manual_seed(1)
     x = torch.randn(3, 7, WIDTH)
     mask = torch.tensor([[1] * 7, [1] * 4 + [0] * 3, [1] + [0] * 6]).bool()
@@ -130,6 +136,8 @@ def test_clip_text_encoder_is_the_text_layers_over_frames_plus_text_positions():
     torch.manual_seed(2)
     f = torch.randn(2, 6, WIDTH)
     mask = torch.tensor([[1] * 6, [1] * 2 + [0] * 4]).bool()
+    for layer in clip.text_model.encoder.layers:
+        layer.layer_norm1.eps = layer.layer_norm2.eps = 1e-12  # the blocks' (official) epsilon
     with torch.no_grad():
         h = f + positions[:6]
         for layer in clip.text_model.encoder.layers[:2]:  # layers 0..layers-1 only
@@ -181,19 +189,62 @@ def test_clip_text_falls_back_to_identity_with_a_note(dim, layers, max_frames, r
     note = initialise_temporal(enc, "clip_text", tiny_clip(layers=2, max_words=32))
     assert note == f"temporal encoder: identity initialisation (clip_text fell back: {reason})"
     assert all(torch.equal(before[k], v) for k, v in enc.state_dict().items())
-    assert enc.transformer.layers[0].activation_name == "gelu"
+    assert (
+        enc.transformer.layers[0].activation_name == "quick_gelu"
+    )  # the official blocks' activation
 
 
-def test_copy_adopts_heads_activation_and_layer_norm_eps():
+def test_copy_adopts_heads_and_activation_but_keeps_the_official_layer_norm_eps():
+    """The official blocks load CLIP's weights into until_module.LayerNorm (eps 1e-12): the copy
+    takes CLIP's heads and activation, not its LayerNorm epsilon."""
     clip = tiny_clip()
     config = copy.deepcopy(clip.config.text_config)
     config.layer_norm_eps = 1e-6
+    config.hidden_act = "gelu"
     enc = TemporalEncoder(WIDTH, layers=1, max_frames=4)
     block = enc.transformer.layers[0]
-    assert (block.self_attn.num_heads, block.activation_name) == (1, "gelu")
+    assert (block.self_attn.num_heads, block.activation_name) == (1, "quick_gelu")
     copy_clip_text_layer(block, clip.text_model.encoder.layers[0], config)
-    assert (block.self_attn.num_heads, block.activation_name) == (2, "quick_gelu")
-    assert block.norm1.eps == block.norm2.eps == 1e-6
+    assert (block.self_attn.num_heads, block.activation_name) == (2, "gelu")
+    assert block.norm1.eps == block.norm2.eps == 1e-12
+
+
+def test_identity_block_is_the_official_block_formula():
+    """A block with random weights = the official ResidualAttentionBlock written in NumPy
+    (module_cross.py: x + attn(LN(x)), x + c_proj(QuickGELU(c_fc(LN(x)))); TF-style LayerNorm
+    with eps 1e-12 inside the square root; one head here), in float64. A LayerNorm eps of 1e-5
+    or exact GELU would miss at this tolerance: the inputs have a tiny variance on purpose."""
+    torch.manual_seed(3)
+    dim = 8
+    enc = TemporalEncoder(dim, layers=1, max_frames=4).double()
+    block = enc.transformer.layers[0]
+    block.self_attn.num_heads = 1
+    with torch.no_grad():
+        for p in block.parameters():
+            p.copy_(torch.randn(p.shape, dtype=torch.float64) * 0.5)
+    x = 1e-3 * torch.randn(1, 3, dim, dtype=torch.float64)
+    got = block(x, torch.ones(1, 3, dtype=torch.bool))[0].detach().numpy()
+
+    w = {k: v.detach().numpy() for k, v in block.state_dict().items()}
+    xs = x[0].numpy()
+
+    def tf_layer_norm(v, gain, bias):
+        u = v.mean(-1, keepdims=True)
+        s = ((v - u) ** 2).mean(-1, keepdims=True)
+        return gain * (v - u) / np.sqrt(s + 1e-12) + bias
+
+    h = tf_layer_norm(xs, w["norm1.weight"], w["norm1.bias"])
+    qkv = h @ w["self_attn.in_proj_weight"].T + w["self_attn.in_proj_bias"]
+    q, k, v = qkv[:, :dim], qkv[:, dim : 2 * dim], qkv[:, 2 * dim :]
+    logits = q @ k.T / np.sqrt(dim)
+    att = np.exp(logits - logits.max(-1, keepdims=True))
+    att /= att.sum(-1, keepdims=True)
+    xs = xs + (att @ v) @ w["self_attn.out_proj.weight"].T + w["self_attn.out_proj.bias"]
+    h = tf_layer_norm(xs, w["norm2.weight"], w["norm2.bias"])
+    a = h @ w["linear1.weight"].T + w["linear1.bias"]
+    a = a / (1 + np.exp(-1.702 * a))  # QuickGELU
+    want = xs + a @ w["linear2.weight"].T + w["linear2.bias"]
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12)
 
 
 # ----------------------------------------------------------------------- through the module

@@ -10,6 +10,9 @@ Two initialisations (:func:`initialise_temporal`):
   ``i`` is a copy of CLIP's text-transformer layer ``i`` (``i < layers``), the frame positions are
   the first ``max_frames`` rows of CLIP's text position embedding (77 rows, so N ≤ 77). The text
   tower's causal mask is not used: frames attend to every real frame.
+
+Either way the blocks are the official ones' (``module_cross.py``): QuickGELU in the MLP and
+LayerNorm epsilon 1e-12 (:data:`TEMPORAL_ACTIVATION`, :data:`TEMPORAL_LN_EPS`).
 """
 
 from __future__ import annotations
@@ -43,6 +46,15 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "quick_gelu": QuickGELU,
     "relu": nn.ReLU,
 }
+
+
+#: LayerNorm epsilon of the temporal blocks: the official ``module_cross.py`` of X-CLIP, GLSCL and
+#: GLCCL (CLIP4Clip's) builds its blocks from ``until_module.LayerNorm`` (TF style, eps 1e-12),
+#: not CLIP's 1e-5, even when their weights are copied from CLIP's text layers.
+TEMPORAL_LN_EPS = 1e-12
+#: MLP activation of the temporal blocks: the official blocks use QuickGELU whatever the
+#: initialisation.
+TEMPORAL_ACTIVATION = "quick_gelu"
 
 
 def make_activation(name: str) -> nn.Module:
@@ -113,7 +125,12 @@ class TemporalBlock(nn.Module):
     """
 
     def __init__(
-        self, dim: int, num_heads: int, hidden: int, activation: str = "gelu", eps: float = 1e-5
+        self,
+        dim: int,
+        num_heads: int,
+        hidden: int,
+        activation: str = TEMPORAL_ACTIVATION,
+        eps: float = TEMPORAL_LN_EPS,
     ) -> None:
         super().__init__()
         self.self_attn = FrameSelfAttention(dim, num_heads)
@@ -187,12 +204,16 @@ class TemporalEncoder(nn.Module):
         dim: feature width D.
         layers: number of transformer blocks.
         max_frames: number of learned positions (N must not exceed it).
-        activation: MLP activation (``gelu``; CLIP's text layers use ``quick_gelu``, which
-            ``clip_text`` initialisation switches to).
+        activation: MLP activation (``quick_gelu``, as the official blocks and CLIP's text
+            layers; ``clip_text`` initialisation adopts the text layers' own).
     """
 
     def __init__(
-        self, dim: int, layers: int = 4, max_frames: int = 64, activation: str = "gelu"
+        self,
+        dim: int,
+        layers: int = 4,
+        max_frames: int = 64,
+        activation: str = TEMPORAL_ACTIVATION,
     ) -> None:
         super().__init__()
         self.dim = dim
@@ -250,11 +271,13 @@ def _clip_text_misfit(encoder: TemporalEncoder, text_model: Any, text_config: An
 @torch.no_grad()
 def copy_clip_text_layer(block: TemporalBlock, layer: Any, text_config: Any) -> None:
     """Make ``block`` compute what ``layer`` (a ``transformers`` ``CLIPEncoderLayer``) computes
-    without a causal mask: weights copied, heads, activation and LayerNorm epsilon adopted."""
+    without a causal mask: weights copied, heads and activation adopted. The LayerNorm epsilon
+    stays :data:`TEMPORAL_LN_EPS` (1e-12), as in the official blocks, which load CLIP's weights
+    into ``until_module.LayerNorm`` modules (CLIP's own is 1e-5: a 4-7e-6 relative change)."""
     attn: Any = layer.self_attn
     block.norm1.load_state_dict(layer.layer_norm1.state_dict())
     block.norm2.load_state_dict(layer.layer_norm2.state_dict())
-    block.norm1.eps = block.norm2.eps = float(text_config.layer_norm_eps)
+    block.norm1.eps = block.norm2.eps = TEMPORAL_LN_EPS
     block.self_attn.in_proj_weight.copy_(
         torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])  # (3D, D)
     )
@@ -283,8 +306,8 @@ def initialise_temporal(encoder: TemporalEncoder, how: str, clip_model: nn.Modul
     """Initialise ``encoder`` as ``how`` says and return a one-line note for the results.
 
     ``identity``: as constructed (every block the identity at first). ``clip_text``: the reference
-    initialisation: block i ← CLIP text layer i (i < layers; heads, activation and LayerNorm
-    epsilon too), positions ← the first ``max_frames`` rows of the text position embedding. It
+    initialisation: block i ← CLIP text layer i (i < layers; heads and activation too; LayerNorm
+    epsilon stays 1e-12), positions ← the first ``max_frames`` rows of the text position embedding. It
     falls back to ``identity``, and the note says why, when the text width is not D, the text
     tower has fewer layers than the encoder, or ``max_frames`` exceeds the text positions.
 
@@ -317,7 +340,9 @@ def initialise_temporal(encoder: TemporalEncoder, how: str, clip_model: nn.Modul
 
 __all__ = [
     "ACTIVATIONS",
+    "TEMPORAL_ACTIVATION",
     "TEMPORAL_INITS",
+    "TEMPORAL_LN_EPS",
     "FrameSelfAttention",
     "QuickGELU",
     "TemporalBlock",
