@@ -306,10 +306,11 @@ def initialise_temporal(encoder: TemporalEncoder, how: str, clip_model: nn.Modul
     """Initialise ``encoder`` as ``how`` says and return a one-line note for the results.
 
     ``identity``: as constructed (every block the identity at first). ``clip_text``: the reference
-    initialisation: block i ← CLIP text layer i (i < layers; heads and activation too; LayerNorm
-    epsilon stays 1e-12), positions ← the first ``max_frames`` rows of the text position embedding. It
-    falls back to ``identity``, and the note says why, when the text width is not D, the text
-    tower has fewer layers than the encoder, or ``max_frames`` exceeds the text positions.
+    initialisation: block i ← CLIP text layer i (i < layers; heads and activation too;
+    LayerNorm epsilon stays 1e-12), positions ← the first ``max_frames`` rows of the text
+    position embedding. It falls back to ``identity``, and the note says why, when the text
+    width is not D, the text tower has fewer layers than the encoder, or ``max_frames`` exceeds
+    the text positions.
 
     Args:
         encoder: a freshly constructed :class:`TemporalEncoder` (identity initialisation).
