@@ -39,6 +39,7 @@ import torch
 from torch import Tensor
 
 from baselines.meanp import MeanPHead
+from tvrbench.precision import float32_region
 from tvrbench.retrieval import RetrievalModule
 
 
@@ -67,9 +68,17 @@ def batched_kmedoids(
     """
     if k < 1:
         raise ValueError(f"k-medoids: k must be at least 1, got {k}")
-    x = points.detach().float()
+    # Distances, costs and choices in float32 even under bf16-mixed autocast: in bf16 a
+    # distance keeps ~3 significant digits and different medoids win (tvrbench.precision).
+    with float32_region(points.device.type):
+        return _kmedoids_float32(points.detach().float(), mask.bool(), k, max_iter, tol)
+
+
+def _kmedoids_float32(
+    x: Tensor, mask: Tensor, k: int, max_iter: int, tol: float
+) -> tuple[Tensor, Tensor]:
+    """:func:`batched_kmedoids` on float32 ``x [B, M, C]`` (autocast already off)."""
     b, m, _ = x.shape
-    mask = mask.bool()
     count = mask.sum(dim=1)  # (B,)
     rows = torch.arange(b, device=x.device)
 

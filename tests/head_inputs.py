@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import torch
 
 from tvrbench.backbone import TextFeatures
@@ -24,3 +26,23 @@ def random_frames(bv: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, tor
     lengths[0] = n
     mask = torch.arange(n)[None, :] < lengths[:, None]  # (Bv, N)
     return frames * mask[..., None], mask
+
+
+#: Every method on the tiny CLIP at test sizes: name → (module class path, constructor kwargs).
+TINY_METHODS = {
+    "meanp": ("baselines.meanp.MeanPModule", {}),
+    "xpool": ("baselines.xpool.XPoolModule", {}),
+    "centerclip": ("baselines.centerclip.CenterCLIPModule", {"num_segments": 2, "start_block": 2}),
+    "xclip": ("baselines.xclip.XCLIPModule", {"max_words": 16, "max_frames": 8}),
+    "glscl": ("baselines.glscl.GLSCLModule", {"max_frames": 8, "ffn_dim": 64}),
+    "glccl": ("tvrbench.glccl.GLCCLModule", {"max_words": 16, "max_frames": 8}),
+}
+
+
+def tiny_method(name: str, seed: int = 0, **overrides):
+    """A freshly initialised module of method ``name`` on the tiny CLIP (seeded)."""
+    class_path, kwargs = TINY_METHODS[name]
+    module_name, cls_name = class_path.rsplit(".", 1)
+    cls = getattr(importlib.import_module(module_name), cls_name)
+    torch.manual_seed(seed)
+    return cls(clip="tiny", **{**kwargs, **overrides})

@@ -3,31 +3,19 @@ run in autocast, but evaluation states, similarities and ranks are float32."""
 
 from __future__ import annotations
 
-import importlib
-
 import lightning as L
 import pytest
 import torch
+from head_inputs import TINY_METHODS, tiny_method
 
 from tvrbench.data.datamodule import DiDeMoDataModule
 from tvrbench.metrics import text_to_video_ranks
 
-METHODS = {
-    "meanp": ("baselines.meanp.MeanPModule", {}),
-    "xpool": ("baselines.xpool.XPoolModule", {}),
-    "centerclip": ("baselines.centerclip.CenterCLIPModule", {"num_segments": 2, "start_block": 2}),
-    "xclip": ("baselines.xclip.XCLIPModule", {"max_words": 16, "max_frames": 8}),
-    "glscl": ("baselines.glscl.GLSCLModule", {"max_frames": 8, "ffn_dim": 64}),
-    "glccl": ("tvrbench.glccl.GLCCLModule", {"max_words": 16, "max_frames": 8}),
-}
+METHODS = TINY_METHODS
 
 
 def _module(name: str):
-    class_path, kwargs = METHODS[name]
-    module_name, cls_name = class_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
-    torch.manual_seed(0)
-    return cls(clip="tiny", **kwargs)
+    return tiny_method(name)
 
 
 @pytest.fixture(scope="module")

@@ -59,7 +59,7 @@ def test_batch_contract(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     spec = {
         "input_ids": ((b, L), torch.long),
         "attention_mask": ((b, L), torch.long),
-        "frames": ((b, n, 3, 32, 32), torch.float32),
+        "frames": ((b, n, 32, 32, 3), torch.uint8),
         "frame_mask": ((b, n), torch.bool),
         "index": ((b,), torch.long),
         "bucket": ((b,), torch.long),
@@ -74,10 +74,10 @@ def test_batch_contract(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     assert batch["frame_mask"].sum(1).tolist() == [2, 3]
     np.testing.assert_allclose(batch["duration_s"].numpy(), [2.5, 3.5], atol=1e-3)
     assert torch.all(batch["frames"][~batch["frame_mask"]] == 0)
-    # Real frames: CLIP-normalised uint8 values (grey levels of the generated frames).
-    pix = batch["frames"][0, 0, :, 16, 16]
-    grey = pix * torch.tensor(CLIP_STD) + torch.tensor(CLIP_MEAN)
-    assert torch.allclose(grey * 255, grey.mean() * 255, atol=1.0)
+    assert batch["frames"].is_contiguous()
+    # Real frames: the generated grey levels as they were decoded (normalised on the device).
+    pix = batch["frames"][0, 0, 16, 16, :].float()
+    assert torch.allclose(pix, pix.mean(), atol=1.0)
     # Tokens: start + words + end, padded to max_words.
     tok = dm.tokenizer
     para = dm.dataset("val").videos[0].paragraph
@@ -88,6 +88,47 @@ def test_batch_contract(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     assert (s["videos"], s["sentences"], s["names_without_extension"]) == (4, 8, 1)
     assert len(dm.bucket_names("val")) == 2 == len(s["buckets"])
     assert sum(r["videos"] for r in s["buckets"]) == 4
+
+
+def _clip_normalise_reference(raw: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """The float32 CLIP normalisation batches used to carry, from the CLIP preprocessing
+    definition: (x / 255 - mean) / std per channel, channels first, padded frames 0."""
+    x = raw.astype(np.float64) / 255.0  # (B, N, S, S, 3)
+    x = (x - np.array(CLIP_MEAN)) / np.array(CLIP_STD)
+    x = np.moveaxis(x, -1, 2)  # (B, N, 3, S, S)
+    return (x * mask[:, :, None, None, None]).astype(np.float32)
+
+
+def test_frames_normalised_on_the_module_equal_the_cpu_normalisation(tmp_path):
+    """uint8 batch frames, normalised after the batch transfer by the module, equal the float32
+    CLIP normalisation of the padded batch (the contract before frames crossed as bytes)."""
+    from tvrbench.retrieval import RetrievalModule
+
+    rng = np.random.default_rng(0)
+    items = []
+    for n in (3, 1):
+        frames = rng.integers(0, 256, size=(n, 4, 4, 3), dtype=np.uint8)
+        items.append(
+            {
+                "input_ids": torch.zeros(4, dtype=torch.long),
+                "attention_mask": torch.ones(4, dtype=torch.long),
+                "frames": torch.from_numpy(frames),
+                "index": 0,
+                "bucket": 0,
+                "duration_s": 1.0,
+                "video": "v",
+            }
+        )
+    batch = collate_batch(items, max_frames=4)
+    assert batch["frames"].dtype == torch.uint8
+    expected = _clip_normalise_reference(batch["frames"].numpy(), batch["frame_mask"].numpy())
+    moved = RetrievalModule.on_after_batch_transfer(None, dict(batch), 0)  # type: ignore[arg-type]
+    assert moved["frames"].dtype == torch.float32
+    assert moved["frames"].shape == (2, 4, 3, 4, 4)
+    np.testing.assert_allclose(moved["frames"].numpy(), expected, atol=1e-6)
+    # Already-prepared frames pass through unchanged (idempotent).
+    again = RetrievalModule.on_after_batch_transfer(None, dict(moved), 0)  # type: ignore[arg-type]
+    assert again["frames"] is moved["frames"]
 
 
 def test_train_loader_seeded_shuffle_and_drop_last(tiny_didemo, tiny_tokenizer_dir, tmp_path):
@@ -203,7 +244,8 @@ def test_collate_truncates_to_max_frames():
         "video": "v",
     }
     out = collate_batch([item], max_frames=3)
-    assert out["frames"].shape == (1, 3, 3, 2, 2) and out["frame_mask"].all()
+    assert out["frames"].shape == (1, 3, 2, 2, 3) and out["frame_mask"].all()
+    assert out["frames"].dtype == torch.uint8 and bool((out["frames"] == 255).all())
 
 
 def test_config_matches_constructor(tiny_didemo, tiny_tokenizer_dir, tmp_path):
@@ -242,4 +284,4 @@ def test_synthetic_dataset_if_available(tmp_path):
         assert s["missing_videos"] == 0 and s["unreadable_videos"] == 0, s
         assert s["videos"] == len(dm.annotations(split).videos) > 0
         batch = next(iter(dm.val_dataloader() if split == "val" else dm.test_dataloader()))
-        assert batch["frames"].shape[1:] == (8, 3, 32, 32)
+        assert batch["frames"].shape[1:] == (8, 32, 32, 3)

@@ -343,7 +343,7 @@ def test_batches_and_stress_datamodule_under_trainer_test(wide):
     assert sdm.bucket_names("test") == wide.bucket_names("test")
     batch = next(iter(sdm.test_dataloader()))
     n = wide.sampling.max_frames
-    assert batch["frames"].shape == (2, n, 3, 32, 32)
+    assert batch["frames"].shape == (2, n, 32, 32, 3)
     assert batch["frame_times_s"].shape == batch["relevant_mask"].shape == (2, n)
     assert batch["relevant_fraction"].shape == (2,)
     assert not (batch["relevant_mask"] & ~batch["frame_mask"]).any()

@@ -196,6 +196,7 @@ def extract_features(
     if split not in SPLITS:
         raise CachedFeaturesError(f"unknown split {split!r}; expected one of {SPLITS}")
     from tvrbench.data.datamodule import collate_batch
+    from tvrbench.data.video import prepare_frames
 
     datamodule.setup_split(split)
     dataset = datamodule.dataset(split)
@@ -227,7 +228,8 @@ def extract_features(
             attention = batch["attention_mask"].to(device)
             frame_mask = batch["frame_mask"].to(device)
             text = backbone.encode_text(ids, attention)
-            frame_emb = backbone.encode_frames(batch["frames"].to(device), frame_mask)
+            frames = prepare_frames(batch["frames"].to(device), frame_mask)  # (B, N, 3, S, S)
+            frame_emb = backbone.encode_frames(frames, frame_mask)
             parts["sentence"].append(_to_fp16(text.sentence, "sentence embedding", path))
             parts["words"].append(_to_fp16(text.words, "word embeddings", path))
             parts["frame_emb"].append(_to_fp16(frame_emb, "frame embeddings", path))

@@ -21,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvrbench.backbone import TINY, ClipBackbone, TextFeatures
+from tvrbench.data.video import prepare_frames
+from tvrbench.precision import float32_region, float32_tensors
 
 State = dict[str, Tensor]
 
@@ -152,6 +154,8 @@ class RetrievalModule(L.LightningModule):
         betas, eps: AdamW.
         warmup_frac: fraction of the optimizer steps spent in linear warm-up before cosine decay.
         freeze_backbone: keep CLIP frozen (head-only training).
+        freeze_clip_input_layers: freeze CLIP's embeddings, patch convolution and pre-LayerNorm
+            (``backbone.CLIP_INPUT_LAYERS``), as the official ``--freeze_layer_num 0`` does.
         score_memory_mb: memory budget of chunked gallery scoring, MiB.
         eval_on_cpu: move gathered evaluation states to the CPU before scoring (saves GPU memory).
     """
@@ -167,6 +171,7 @@ class RetrievalModule(L.LightningModule):
         eps: float = 1e-6,
         warmup_frac: float = 0.1,
         freeze_backbone: bool = False,
+        freeze_clip_input_layers: bool = False,
         score_memory_mb: float = 2048.0,
         eval_on_cpu: bool = False,
     ) -> None:
@@ -175,6 +180,8 @@ class RetrievalModule(L.LightningModule):
         self.backbone = load_backbone(clip, clip_checkpoint)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
+        if freeze_clip_input_layers:
+            self.backbone.freeze_input_layers()
         self.head: RetrievalHead
         self._eval_outputs: dict[str, list[Tensor]] = defaultdict(list)
         self._eval_text_keys: list[str] = []
@@ -187,18 +194,34 @@ class RetrievalModule(L.LightningModule):
 
     # ------------------------------------------------------------------------- encoding
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """uint8 frames ``[B, N, S, S, 3]`` → CLIP-normalised float32 ``[B, N, 3, S, S]`` on the
+        device the batch just reached (only bytes cross the host; see docs/CONTRACTS.md)."""
+        if isinstance(batch, dict) and "frames" in batch and "frame_mask" in batch:
+            batch["frames"] = prepare_frames(batch["frames"], batch["frame_mask"])
+        return batch
+
     def frame_embeddings(self, frames: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """``[B, N, 3, H, W]``, ``[B, N]`` → frame-level embeddings ``[B, N', D]`` and mask."""
         return self.backbone.encode_frames(frames, frame_mask), frame_mask
 
     def encode_video(self, frames: Tensor, frame_mask: Tensor) -> State:
-        """Frames → the head's query-independent video state (leading dim B)."""
-        emb, mask = self.frame_embeddings(frames, frame_mask)
-        return self.head.video_state(emb, mask)
+        """Frames (uint8 ``[B, N, S, S, 3]`` or prepared float ``[B, N, 3, S, S]``) → the head's
+        query-independent video state (leading dim B). The tower may run under the trainer's
+        autocast; the head runs in float32 (:mod:`tvrbench.precision`)."""
+        emb, mask = self.frame_embeddings(prepare_frames(frames, frame_mask), frame_mask)
+        with float32_region(emb.device.type):
+            return self.head.video_state(emb.float(), mask)
+
+    def head_text_state(self, text: TextFeatures) -> State:
+        """The head's text state from tower outputs, in float32 outside autocast."""
+        text = TextFeatures(text.sentence.float(), text.words.float(), text.word_mask.bool())
+        with float32_region(text.sentence.device.type):
+            return self.head.text_state(text)
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> State:
         """Token ids ``[B, L]`` → the head's text state (leading dim B)."""
-        return self.head.text_state(self.backbone.encode_text(input_ids, attention_mask))
+        return self.head_text_state(self.backbone.encode_text(input_ids, attention_mask))
 
     def batch_text_state(self, batch: dict[str, Any]) -> State:
         """Text state of a batch: from token ids, or from cached text features when the batch
@@ -206,31 +229,34 @@ class RetrievalModule(L.LightningModule):
         cached-feature protocol, frozen backbone)."""
         if "sentence" in batch:
             text = TextFeatures(
-                sentence=batch["sentence"].float(),
-                words=batch["words"].float(),
-                word_mask=batch["attention_mask"].bool(),
+                sentence=batch["sentence"], words=batch["words"], word_mask=batch["attention_mask"]
             )
-            return self.head.text_state(text)
+            return self.head_text_state(text)
         return self.encode_text(batch["input_ids"], batch["attention_mask"])
 
     def batch_video_state(self, batch: dict[str, Any]) -> State:
         """Video state of a batch: from frames, or from cached frame embeddings
         (``frame_emb [B, N, D]``) when the batch carries them."""
         if "frame_emb" in batch:
-            return self.head.video_state(batch["frame_emb"].float(), batch["frame_mask"])
+            emb = batch["frame_emb"]
+            with float32_region(emb.device.type):
+                return self.head.video_state(emb.float(), batch["frame_mask"])
         return self.encode_video(batch["frames"], batch["frame_mask"])
 
     def similarity(self, text: State, video: State) -> Tensor:
-        """Unscaled ``[Bt, Bv]`` similarity, scored in memory-bounded chunks."""
+        """Unscaled float32 ``[Bt, Bv]`` similarity, scored in memory-bounded chunks outside
+        autocast."""
         from tvrbench.chunking import chunked_score, memory_budget_bytes_from_mb
 
         budget = memory_budget_bytes_from_mb(self.hparams["score_memory_mb"])
-        return chunked_score(self.head, text, video, budget)
+        text, video = float32_tensors(text), float32_tensors(video)
+        with float32_region(next(iter(video.values())).device.type):
+            return chunked_score(self.head, text, video, budget)
 
     def forward(self, batch: dict[str, Any]) -> Tensor:
         """Similarity logits ``[B, B]`` of a batch (texts × videos), logit scale applied."""
         text, video = self.batch_text_state(batch), self.batch_video_state(batch)
-        return self.backbone.logit_scale() * self.similarity(text, video)
+        return self.backbone.logit_scale().float() * self.similarity(text, video)
 
     # ------------------------------------------------------------------------- training
 
@@ -238,10 +264,13 @@ class RetrievalModule(L.LightningModule):
         text, video = self.batch_text_state(batch), self.batch_video_state(batch)
         text = {k: gather_with_local_grad(self, v) for k, v in text.items()}
         video = {k: gather_with_local_grad(self, v) for k, v in video.items()}
-        logits = self.backbone.logit_scale() * self.head.score(text, video)  # (Bt, Bv)
-        loss = symmetric_infonce(logits)
+        with float32_region(self.device.type):
+            # Logits and losses in float32 for every method (global batch: all ranks' features).
+            scale = self.backbone.logit_scale().float()
+            logits = scale * self.head.score(text, video)  # (Bt, Bv) float32
+            loss = symmetric_infonce(logits)
+            extra = self.head.extra_loss(text, video)
         self.log("train/infonce", loss, prog_bar=False, batch_size=logits.shape[0])
-        extra = self.head.extra_loss(text, video)
         if extra is not None:
             self.log("train/extra_loss", extra, batch_size=logits.shape[0])
             loss = loss + extra
@@ -249,6 +278,11 @@ class RetrievalModule(L.LightningModule):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}")
         self.log("train/loss", loss, prog_bar=True, batch_size=logits.shape[0])
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimizer step: clamp the logit-scale parameter at ln 100 in place, as the
+        official code does (the forward uses the unclamped ``exp``)."""
+        self.backbone.clamp_logit_scale_()
 
     def configure_optimizers(self):
         hp = self.hparams

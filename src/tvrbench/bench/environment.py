@@ -126,14 +126,54 @@ def _version(name: str) -> str | None:
         return None
 
 
+#: Side of the square matmul probe: an H100 needs thousands of rows per side to reach its
+#: rate (at 1024² it runs at a fraction of it, inflating ``fraction_of_matmul``); a CPU is
+#: saturated at 1024² already, and 8192² would take tens of seconds there.
+MATMUL_PROBE_SIZE = {"cuda": 8192, "cpu": 1024}
+
+
+def matmul_probe_size(device: torch.device) -> int:
+    """The probe side used on ``device`` (8192 on CUDA, 1024 elsewhere)."""
+    return MATMUL_PROBE_SIZE.get(device.type, 1024)
+
+
+def precision_flags() -> dict[str, Any]:
+    """Process-wide float32 precision settings that change results on Ampere/Hopper GPUs:
+    ``float32_matmul_precision`` (``highest`` = true float32, ``high``/``medium`` allow
+    TF32/bf16 passes), and the TF32 switches of cuBLAS and cuDNN."""
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+    }
+
+
+def set_float32_precision(float32_matmul_precision: str) -> dict[str, Any]:
+    """Set the float32 matmul precision (``highest | high | medium``) and cuDNN's TF32 switch to
+    match it (TF32 only when not ``highest``); returns :func:`precision_flags`."""
+    if float32_matmul_precision not in ("highest", "high", "medium"):
+        raise ValueError(
+            f"float32_matmul_precision must be highest, high or medium, got "
+            f"{float32_matmul_precision!r}"
+        )
+    torch.set_float32_matmul_precision(float32_matmul_precision)
+    torch.backends.cudnn.allow_tf32 = float32_matmul_precision != "highest"
+    return precision_flags()
+
+
 @torch.no_grad()
 def matmul_gflops_per_s(
-    device: torch.device, size: int = 1024, repeats: int = 5, dtype: torch.dtype = torch.float32
+    device: torch.device,
+    size: int | None = None,
+    repeats: int = 5,
+    dtype: torch.dtype = torch.float32,
 ) -> float:
     """Dense matmul rate in GFLOP/s (1 FLOP = 1 multiply-add, as fvcore counts): the median
-    over ``repeats`` timed ``size × size`` products after one warm-up."""
+    over ``repeats`` timed ``size × size`` products after one warm-up (``size`` default:
+    :func:`matmul_probe_size`)."""
     from tvrbench.bench.latency import time_callable
 
+    size = size or matmul_probe_size(device)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
     timing = time_callable(lambda: torch.mm(a, b), device, repeats=repeats, warmup=1)
@@ -170,8 +210,10 @@ def collect_environment(
         "git_commit": git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    env.update(precision_flags())
     if measure_matmul:
         env["matmul_gflops_per_s"] = matmul_gflops_per_s(device, dtype=dtype)
+        env["matmul_probe_size"] = matmul_probe_size(device)
     if config is not None:
         env["config"] = config
     return env

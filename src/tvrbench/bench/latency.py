@@ -42,11 +42,15 @@ def time_callable(
     samples_ms: list[float] = []
     for _ in range(repeats):
         if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize(device)
+            # Events record on the *current* device's stream: make it the measured device
+            # (``cuda:1`` would otherwise be timed on ``cuda:0``'s stream).
+            with torch.cuda.device(device):
+                start = torch.cuda.Event(enable_timing=True)
+                end = torch.cuda.Event(enable_timing=True)
+                start.record()
+                fn()
+                end.record()
+                torch.cuda.synchronize(device)
             samples_ms.append(float(start.elapsed_time(end)))
         else:
             t0 = time.perf_counter()

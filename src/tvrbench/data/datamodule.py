@@ -13,7 +13,8 @@ What happens at ``setup``, per split:
 4. length buckets are computed (given edges, or equal-count quantiles of the split).
 
 Batches (docs/CONTRACTS.md): ``input_ids`` / ``attention_mask`` LongTensor ``[B, L]``,
-``frames`` FloatTensor ``[B, N, 3, H, W]`` CLIP-normalised and zero-padded to ``max_frames``,
+``frames`` uint8 ``[B, N, S, S, 3]`` zero-padded to ``max_frames`` (normalised on the device by
+:func:`tvrbench.data.video.prepare_frames`, from ``RetrievalModule.on_after_batch_transfer``),
 ``frame_mask`` BoolTensor ``[B, N]``, ``index`` / ``bucket`` LongTensor ``[B]``,
 ``duration_s`` FloatTensor ``[B]``, ``video`` list[str] (the name as listed in the split).
 
@@ -41,7 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from tvrbench.data import buckets as bk
 from tvrbench.data.annotations import SPLITS, SplitAnnotations, VideoAnnotation, load_split
 from tvrbench.data.cache import FrameCache, VideoInfo
-from tvrbench.data.video import READERS, SamplingConfig, normalize_frames
+from tvrbench.data.video import READERS, SamplingConfig
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +136,7 @@ class VideoTextDataset(Dataset):
     """One paragraph + one video per item (already probed, tokenised and bucketed).
 
     Items are dicts: ``input_ids``/``attention_mask`` ``[L]``, ``frames`` uint8 ``[n, S, S, 3]``,
-    ``index``, ``bucket``, ``duration_s``, ``video``. :func:`collate_batch` pads and normalises.
+    ``index``, ``bucket``, ``duration_s``, ``video``. :func:`collate_batch` pads them (uint8).
     """
 
     def __init__(
@@ -189,16 +190,17 @@ class VideoTextDataset(Dataset):
 
 
 def collate_batch(samples: list[dict[str, Any]], max_frames: int) -> dict[str, Any]:
-    """Stack items into a batch of docs/CONTRACTS.md (frames normalised, zero-padded)."""
+    """Stack items into a batch of docs/CONTRACTS.md: frames stay uint8 ``[B, N, S, S, 3]``,
+    zero-padded to ``max_frames`` and contiguous (1 byte a value across the host and
+    ``/dev/shm``; :func:`~tvrbench.data.video.prepare_frames` normalises them on the device)."""
     b = len(samples)
     size = samples[0]["frames"].shape[1]
-    raw = torch.zeros(b, max_frames, size, size, 3, dtype=torch.uint8)  # (B, N, S, S, 3)
+    frames = torch.zeros(b, max_frames, size, size, 3, dtype=torch.uint8)  # (B, N, S, S, 3)
     frame_mask = torch.zeros(b, max_frames, dtype=torch.bool)  # (B, N)
     for j, s in enumerate(samples):
         n = min(len(s["frames"]), max_frames)
-        raw[j, :n] = s["frames"][:n]
+        frames[j, :n] = s["frames"][:n]
         frame_mask[j, :n] = True
-    frames = normalize_frames(raw) * frame_mask[:, :, None, None, None]  # (B, N, 3, S, S)
     return {
         "input_ids": torch.stack([s["input_ids"] for s in samples]).long(),
         "attention_mask": torch.stack([s["attention_mask"] for s in samples]).long(),

@@ -18,8 +18,8 @@ trusted either and decord is treated as having failed (``"auto"`` moves on to Py
 ``"decord"`` reader then decodes sequentially with times from the average rate).
 
 Preprocessing: short side resized to ``image_size`` (bilinear with antialiasing), centre crop to
-``image_size x image_size``; the product is uint8 ``[n, S, S, 3]`` (what the frame cache stores).
-CLIP normalisation (:func:`normalize_frames`) is applied when a batch is built.
+``image_size x image_size``; the product is uint8 ``[n, S, S, 3]`` (what the frame cache stores and what batches carry).
+CLIP normalisation (:func:`prepare_frames`) runs on the model's device, after the batch moved.
 """
 
 from __future__ import annotations
@@ -169,6 +169,26 @@ def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
     mean = x.new_tensor(CLIP_MEAN).view(3, 1, 1)
     std = x.new_tensor(CLIP_STD).view(3, 1, 1)
     return (x - mean) / std
+
+
+def prepare_frames(frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+    """A batch's frames as the CLIP towers take them, on whatever device they already are.
+
+    ``frames`` uint8 ``[B, N, S, S, 3]`` (the batch contract: padded, not normalised) becomes
+    float32 ``[B, N, 3, S, S]``, CLIP-normalised, with padded frames (``frame_mask`` False) set
+    to 0; floating frames are taken as already prepared and returned unchanged. Run after the
+    batch reached the device (``RetrievalModule.on_after_batch_transfer``), so only uint8 bytes
+    cross the host and the normalisation runs where the model does.
+    """
+    if frames.is_floating_point():
+        return frames
+    if frames.dtype != torch.uint8 or frames.ndim != 5 or frames.shape[-1] != 3:
+        raise ValueError(
+            f"frames must be uint8 [B, N, S, S, 3] or prepared float [B, N, 3, S, S], got "
+            f"{frames.dtype} {tuple(frames.shape)}"
+        )
+    x = normalize_frames(frames)  # (B, N, 3, S, S) float32
+    return x * frame_mask[:, :, None, None, None].to(x.dtype)
 
 
 # ------------------------------------------------------------------------------------ readers

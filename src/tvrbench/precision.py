@@ -1,0 +1,54 @@
+"""The precision story, in one place.
+
+Under ``bf16-mixed`` only the CLIP towers run under the trainer's autocast. Everything after them
+— pooling, temporal encoders, GLSCL's decoder, CenterCLIP's k-medoids distances, Gram matrices,
+scores, logits and losses — runs in float32 for every method, as the official code of every
+method does (its heads run outside any autocast). :class:`~tvrbench.retrieval.RetrievalModule`
+enters :func:`float32_region` around every head call and hands the head float32 tensors
+(:func:`float32_tensors`), so no head has to remember it.
+
+Process-wide float32 matmul precision (TF32 on Ampere/Hopper) is set and recorded by the
+benchmark: :func:`tvrbench.bench.environment.set_float32_precision`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import AbstractContextManager
+
+import torch
+from torch import Tensor
+
+#: Trainer precisions under which the CLIP towers run in autocast, and the autocast dtype.
+AUTOCAST_DTYPES = {
+    "bf16-mixed": torch.bfloat16,
+    "16-mixed": torch.float16,
+}
+
+
+def float32_region(device_type: str) -> AbstractContextManager:
+    """A region where autocast is off (float32 operands stay float32) on ``device_type``."""
+    return torch.autocast(device_type, enabled=False)
+
+
+def float32_tensors(tensors: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``tensors`` with floating values in float32; masks and indices unchanged."""
+    return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+
+
+def tower_autocast(precision: object, device_type: str) -> AbstractContextManager:
+    """The autocast the trainer's ``precision`` puts the CLIP towers under, on ``device_type``
+    (disabled for ``32-true`` and other full-precision settings): measurements of latency run
+    under it so they describe the setting that produced the accuracy."""
+    dtype = AUTOCAST_DTYPES.get(str(precision))
+    if dtype is None:
+        return torch.autocast(device_type, enabled=False)
+    return torch.autocast(device_type, dtype=dtype)
+
+
+def precision_label(precision: object) -> str:
+    """How a measurement ran: ``"bf16 towers, fp32 heads"`` or ``"fp32"``."""
+    dtype = AUTOCAST_DTYPES.get(str(precision))
+    if dtype is None:
+        return "fp32"
+    return f"{str(dtype).replace('torch.', '').replace('bfloat16', 'bf16')} towers, fp32 heads"
