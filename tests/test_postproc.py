@@ -192,3 +192,82 @@ def test_clear_errors():
     with pytest.raises(PostprocError, match="unknown post-processing dls"):
         check_methods("none,dls")
     assert check_methods(["qbnorm", "none"]) == ["none", "qbnorm"]
+
+
+# ------------------------------------------------------------------- tvrbench metrics --postproc
+
+
+def _cli_json(args: list[str], capsys) -> dict:
+    import json
+
+    from tvrbench import metrics_cli
+
+    assert metrics_cli.main([*args, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_metrics_cli_postproc(tmp_path, capsys, mats):
+    S, B, Bv = mats
+    rng = np.random.default_rng(1)
+    t2v = np.repeat(np.arange(7), 2)  # 14 captions, 2 per video: DSL before the regrouping
+    sim = rng.uniform(-0.2, 0.7, size=(14, 7))
+    np.save(tmp_path / "sim.npy", sim)
+    np.save(tmp_path / "map.npy", t2v)
+    out = _cli_json(
+        [
+            str(tmp_path / "sim.npy"),
+            "--text-to-video",
+            str(tmp_path / "map.npy"),
+            "--postproc",
+            "dsl",
+            "--dsl-lambda",
+            "30",
+        ],
+        capsys,
+    )
+    dsl = np_dsl(sim, 30.0, "t2v")
+    ranks = (dsl >= dsl[np.arange(14), t2v][:, None]).sum(axis=1)
+    assert out["t2v"]["MnR"] == pytest.approx(ranks.mean())
+    assert out["postproc"] == {
+        "method": "dsl",
+        "inverse_temperature": 30.0,
+        "scale": "cosine",
+        "transductive": True,
+    }
+    np.save(tmp_path / "S.npy", S)
+    np.save(tmp_path / "bank.npy", B)
+    np.save(tmp_path / "bank_v.npy", Bv)
+    out = _cli_json(
+        [str(tmp_path / "S.npy"), "--postproc", "qbnorm", "--bank", str(tmp_path / "bank.npy")],
+        capsys,
+    )
+    assert out["t2v"]["MnR"] == pytest.approx(ranks_rows(np_qb(S, B, 20.0, 1, 1)).mean())
+    assert out["v2t"] is None and out["postproc"]["beta"] == 20.0
+    out = _cli_json(
+        [
+            str(tmp_path / "S.npy"),
+            "--postproc",
+            "qbnorm",
+            "--bank",
+            str(tmp_path / "bank.npy"),
+            "--bank-v2t",
+            str(tmp_path / "bank_v.npy"),
+        ],
+        capsys,
+    )
+    assert out["v2t"]["MnR"] == pytest.approx(ranks_rows(np_qb(S.T, Bv.T, 20.0, 1, 1)).mean())
+
+
+def test_metrics_cli_postproc_errors(tmp_path, capsys, mats):
+    from tvrbench import metrics_cli
+
+    S, B, _ = mats
+    np.save(tmp_path / "S.npy", S)
+    np.save(tmp_path / "bank.npy", B[:, :5])
+    assert metrics_cli.main([str(tmp_path / "S.npy"), "--postproc", "qbnorm"]) == 2
+    assert "needs --bank" in capsys.readouterr().err
+    args = [str(tmp_path / "S.npy"), "--postproc", "qbnorm", "--bank", str(tmp_path / "bank.npy")]
+    assert metrics_cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert "bank.npy: BANK has shape (3, 5), expected [n_bank, n_video] with 7" in err
+    assert len(err.splitlines()) == 1

@@ -11,10 +11,19 @@ text's video column; without it the identity map is used (square SIM). Metrics f
 ``best-caption`` (default; each video's best-placed caption among all texts) or ``reference``
 (each video's captions reduced to their max score first, as CLIP4Clip and X-Pool do).
 
+``--postproc dsl|qbnorm`` re-scores SIM first (:mod:`tvrbench.postproc`, ../shared/POSTPROC.md):
+DSL (dual softmax, transductive: every test query at once; λ = ``--dsl-lambda``, default 100 on
+the cosine scale) or QB-Norm (dynamic inverted softmax; β, k, θ = ``--qb-beta/--qb-k/--qb-theta``,
+default 20, 1, 1 on the cosine scale) with ``--bank BANK``: ``[n_bank, n_video]`` similarities of
+training queries to the same test videos (same checkpoint and scale); ``--bank-v2t BANK_V``:
+``[n_text, n_bank_videos]`` test texts × training videos for v2t (without it v2t is not
+computed, ``null`` in JSON).
+
 Output: a table (rows t2v, v2t) followed by the conventions, or with ``--json`` one JSON object
 ``{"t2v": {...}, "v2t": {...}, "mdr_convention": str, "v2t_convention": str,
 "v2t_convention_description": str, "tie_convention": str}`` whose ``t2v``/``v2t`` keys are
-``R@1 R@5 R@10 R@50 MdR MnR n_queries``. With ``--bootstrap N`` the intervals are added: as
+``R@1 R@5 R@10 R@50 MdR MnR n_queries`` (with ``--postproc`` one more key ``"postproc"`` =
+``{"method", ...parameters}``). With ``--bootstrap N`` the intervals are added: as
 extra table rows, or in JSON as one more top-level key ``"ci"`` = ``{"level", "n_boot", "seed",
 "t2v": {metric: [lo, hi]}, "v2t": ...}``.
 
@@ -41,8 +50,13 @@ from tvrbench.metrics import (
     NonFiniteScoresError,
     bootstrap_ci,
     summarize_ranks,
-    text_to_video_ranks,
-    video_to_text_ranks,
+)
+from tvrbench.postproc import (
+    POSTPROC_METHODS,
+    DSLSettings,
+    PostprocError,
+    QBNormSettings,
+    postprocessed_ranks,
 )
 
 PROG = "tvrbench metrics"
@@ -92,6 +106,28 @@ def _parser() -> argparse.ArgumentParser:
         help="add percentile bootstrap 95%% intervals from N resamples",
     )
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
+    parser.add_argument(
+        "--postproc",
+        choices=list(POSTPROC_METHODS),
+        default="none",
+        help="re-score SIM first: dsl (dual softmax, transductive) or qbnorm (needs --bank)",
+    )
+    parser.add_argument(
+        "--bank",
+        metavar="BANK",
+        help="QB-Norm query bank (.npy/.pt), [n_bank, n_video]: training queries x test videos",
+    )
+    parser.add_argument(
+        "--bank-v2t",
+        metavar="BANK_V",
+        help="QB-Norm v2t bank (.npy/.pt), [n_text, n_bank_videos]: test texts x training videos",
+    )
+    parser.add_argument(
+        "--dsl-lambda", type=float, default=DSLSettings.inverse_temperature, help="DSL λ"
+    )
+    parser.add_argument("--qb-beta", type=float, default=QBNormSettings.beta, help="QB-Norm β")
+    parser.add_argument("--qb-k", type=int, default=QBNormSettings.k, help="QB-Norm top-k")
+    parser.add_argument("--qb-theta", type=int, default=QBNormSettings.theta, help="QB-Norm θ")
     return parser
 
 
@@ -180,21 +216,47 @@ def load_text_to_video(path: Path, n_text: int, n_video: int) -> torch.Tensor:
     return torch.from_numpy(array.astype(np.int64))
 
 
+def load_bank(path: Path, axis: int, size: int, what: str) -> torch.Tensor:
+    """A QB-Norm bank similarity whose dimension ``axis`` must be ``size`` (one-line errors)."""
+    bank = load_similarity(path)
+    if bank.shape[axis] != size:
+        expected = "[n_bank, n_video]" if axis == 1 else "[n_text, n_bank_videos]"
+        raise MetricsInputError(
+            path, f"{what} has shape {tuple(bank.shape)}, expected {expected} with {size} there"
+        )
+    return bank
+
+
 def compute(
     sim: torch.Tensor,
     text_to_video: torch.Tensor | None,
     n_boot: int = 0,
     seed: int = 0,
     v2t: str = "best-caption",
+    postproc: str = "none",
+    bank_t2v: torch.Tensor | None = None,
+    bank_v2t: torch.Tensor | None = None,
+    dsl: DSLSettings | None = None,
+    qb: QBNormSettings | None = None,
 ) -> tuple[dict[str, dict[str, float | int]], dict[str, dict[str, tuple[float, float]]]]:
     """Metrics per direction and (when ``n_boot > 0``) their bootstrap intervals.
 
     ``v2t`` is the video→text convention, a key of :data:`tvrbench.metrics.V2T_CONVENTIONS`.
+    ``postproc`` (``none``, ``dsl``, ``qbnorm``) re-scores ``sim`` first
+    (:func:`tvrbench.postproc.postprocessed_ranks`); a direction it cannot compute (QB-Norm v2t
+    without ``bank_v2t``) is left out.
     """
-    ranks = {
-        "t2v": text_to_video_ranks(sim, text_to_video),
-        "v2t": video_to_text_ranks(sim, text_to_video, v2t=v2t),
-    }
+    ranks_t2v, ranks_v2t = postprocessed_ranks(
+        sim,
+        postproc,
+        bank_t2v=bank_t2v,
+        bank_v2t=bank_v2t,
+        text_to_video=text_to_video,
+        v2t=v2t,
+        dsl=dsl or DSLSettings(),
+        qb=qb or QBNormSettings(),
+    )
+    ranks = {"t2v": ranks_t2v, **({"v2t": ranks_v2t} if ranks_v2t is not None else {})}
     metrics = {name: summarize_ranks(r) for name, r in ranks.items()}
     intervals = {}
     if n_boot > 0:
@@ -255,10 +317,32 @@ def main(argv: list[str]) -> int:
                 f"similarity matrix is {sim.shape[0]}x{sim.shape[1]} (not square); "
                 "give --text-to-video MAP",
             )
+        dsl = DSLSettings(args.dsl_lambda)
+        qb = QBNormSettings(args.qb_beta, args.qb_k, args.qb_theta)
+        bank_t2v = bank_v2t = None
+        if args.postproc == "qbnorm":
+            if args.bank is None:
+                raise MetricsInputError(sim_path, "--postproc qbnorm needs --bank BANK")
+            bank_t2v = load_bank(Path(args.bank), 1, sim.shape[1], "BANK")
+            if args.bank_v2t is not None:
+                bank_v2t = load_bank(Path(args.bank_v2t), 0, sim.shape[0], "BANK_V")
+        elif args.bank is not None or args.bank_v2t is not None:
+            raise MetricsInputError(args.bank or args.bank_v2t, "a bank needs --postproc qbnorm")
         try:
             metrics, intervals = compute(
-                sim, text_to_video, args.bootstrap, args.seed, v2t=args.v2t
+                sim,
+                text_to_video,
+                args.bootstrap,
+                args.seed,
+                v2t=args.v2t,
+                postproc=args.postproc,
+                bank_t2v=bank_t2v,
+                bank_v2t=bank_v2t,
+                dsl=dsl,
+                qb=qb,
             )
+        except PostprocError as exc:  # bad λ/β/k/θ
+            raise MetricsInputError(sim_path, str(exc)) from exc
         except NonFiniteScoresError as exc:  # already caught by load_similarity; kept as a guard
             raise MetricsInputError(sim_path, str(exc)) from exc
         except ValueError as exc:  # e.g. a video without any text (v2t)
@@ -267,8 +351,18 @@ def main(argv: list[str]) -> int:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2
 
+    postproc = {"method": args.postproc}
+    if args.postproc != "none":
+        postproc = (dsl if args.postproc == "dsl" else qb).record()
+    if args.postproc == "qbnorm":
+        postproc.update(bank=args.bank, bank_v2t=args.bank_v2t)
     if args.json:
-        payload: dict[str, object] = {**metrics, **conventions(args.v2t)}
+        payload: dict[str, object] = {
+            "t2v": metrics["t2v"],
+            "v2t": metrics.get("v2t"),
+            **conventions(args.v2t),
+            **({"postproc": postproc} if args.postproc != "none" else {}),
+        }
         if intervals:
             payload["ci"] = {
                 "level": 0.95,
@@ -280,4 +374,9 @@ def main(argv: list[str]) -> int:
     else:
         print(_format_table(metrics, intervals))
         print(_format_conventions(args.v2t))
+        if args.postproc != "none":
+            params = ", ".join(f"{k} {v}" for k, v in postproc.items() if k != "method")
+            print(f"post-processing: {args.postproc} ({params})")
+        if "v2t" not in metrics:
+            print("v2t: not computed (QB-Norm v2t needs --bank-v2t)")
     return 0
