@@ -23,6 +23,7 @@ Outputs (D = projection width):
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -40,6 +41,20 @@ TINY = "tiny"
 REAL_CLIP = "openai/clip-vit-base-patch32"
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<|unk|>"
 LOGIT_SCALE_MAX = 100.0
+#: CLIP's input layers, by their ``transformers`` parameter-name prefixes: the token and position
+#: embeddings of the text tower; the class embedding, patch convolution, position embedding and
+#: pre-LayerNorm of the vision tower. The official X-CLIP, GLCCL, CLIP4Clip and CenterCLIP
+#: training scripts freeze exactly these at ``--freeze_layer_num 0`` (everything not in a
+#: residual block, the final norms, the projections or the logit scale; e.g. X-CLIP
+#: main_xclip.py lines 443-459).
+CLIP_INPUT_LAYERS = (
+    "text_model.embeddings.token_embedding.",
+    "text_model.embeddings.position_embedding.",
+    "vision_model.embeddings.class_embedding",
+    "vision_model.embeddings.patch_embedding.",
+    "vision_model.embeddings.position_embedding.",
+    "vision_model.pre_layrnorm.",  # transformers' spelling of CLIP's ln_pre
+)
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 _TRUE = {"1", "ON", "YES", "TRUE"}  # huggingface_hub's spelling of a true variable
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
@@ -349,8 +364,25 @@ class ClipBackbone(nn.Module):
         return int(self.clip.config.text_config.max_position_embeddings)
 
     def logit_scale(self) -> Tensor:
-        """``exp(logit_scale)`` clamped to at most 100 (scalar)."""
-        return self.clip.logit_scale.exp().clamp(max=LOGIT_SCALE_MAX)
+        """``exp(logit_scale)`` (scalar). Not clamped here: as in the official code, the
+        parameter itself is clamped after each optimizer step (:meth:`clamp_logit_scale_`), so
+        the gradient at the cap is the plain one, not zero."""
+        return self.clip.logit_scale.exp()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp the logit-scale parameter in place to at most ``ln 100`` (the official code's
+        ``torch.clamp_(clip.logit_scale.data, max=np.log(100))`` after ``optimizer.step()``)."""
+        self.clip.logit_scale.clamp_(max=math.log(LOGIT_SCALE_MAX))
+
+    def freeze_input_layers(self) -> list[str]:
+        """Freeze :data:`CLIP_INPUT_LAYERS` (``requires_grad=False``); returns the names frozen."""
+        frozen = []
+        for name, param in self.clip.named_parameters():
+            if name.startswith(CLIP_INPUT_LAYERS):
+                param.requires_grad_(False)
+                frozen.append(name)
+        return frozen
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor) -> TextFeatures:
         """Args: ``input_ids`` and ``attention_mask`` ``[B, L]``. Returns :class:`TextFeatures`."""

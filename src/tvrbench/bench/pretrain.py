@@ -235,6 +235,10 @@ class TinyClipPretraining(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, logger=False, batch_size=self.last_batch_size)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """After the optimizer step: clamp the logit scale as the official code does."""
+        self.backbone.clamp_logit_scale_()
+
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(
             self.backbone.parameters(), lr=self.lr, weight_decay=self.weight_decay
