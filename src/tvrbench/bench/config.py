@@ -46,6 +46,8 @@ NOT_HASHED = {
     "seeds",
     "stress",
     "injected_lengths_s",
+    "launcher",  # where units run; a SLURM job's devices enter through trainer_overrides
+    "no_wait",
 }
 OPTIMIZER_KEYS = ("lr", "backbone_lr", "weight_decay", "betas", "eps", "warmup_frac")
 TRAINER_KEYS = (
@@ -263,11 +265,45 @@ class RunSpec:
             **{k: model.get(k) for k in OPTIMIZER_KEYS},
             **{k: trainer.get(k) for k in TRAINER_KEYS},
             "batch_size": data.get("batch_size"),
+            **batch_split_record(data.get("batch_size"), trainer),
             "max_words": data.get("max_words"),
             "max_frames": data.get("max_frames"),
             "sample_fps": data.get("sample_fps"),
             "clip_seconds": data.get("clip_seconds"),
         }
+
+
+def training_world_size(trainer: dict[str, Any]) -> int:
+    """Processes a trainer config trains with: devices per node × ``num_nodes``, with devices
+    counted as Lightning counts them (an int, a list of ids, ``"0,1"``, or ``"auto"``/``-1`` =
+    every visible accelerator — CUDA devices, one CPU process)."""
+    import torch
+
+    devices = trainer.get("devices", "auto")
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    if isinstance(devices, (list, tuple)):
+        count = len(devices)
+    elif isinstance(devices, str) and devices not in ("auto", "-1"):
+        parts = [d for d in devices.split(",") if d.strip()]
+        count = len(parts) if "," in devices else int(devices)
+    elif devices in ("auto", -1, "-1"):
+        gpu = str(trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto")
+        count = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
+    else:
+        count = int(devices)
+    return max(1, count) * nodes
+
+
+def batch_split_record(global_batch_size: int | None, trainer: dict[str, Any]) -> dict[str, Any]:
+    """``global_batch_size`` (the contrastive batch), ``world_size`` and
+    ``per_device_batch_size`` of a run (records, results.json, the report's recipe table)."""
+    world = training_world_size(trainer)
+    per_device = global_batch_size // world if global_batch_size and world else None
+    return {
+        "global_batch_size": global_batch_size,
+        "world_size": world,
+        "per_device_batch_size": per_device,
+    }
 
 
 def resolve_run(
@@ -326,6 +362,13 @@ def resolve_run(
             f"{mfile['path']}: backbone_lr {clip_lr} for clip {clip} is above "
             f"{MAX_REAL_CLIP_LR:g}, outside every published recipe (it destroys the pretrained "
             "alignment; SPEC §2.7) — a tiny-CLIP recipe given a real checkpoint?"
+        )
+    batch = data_args.get("batch_size")
+    world = training_world_size(trainer_cfg)
+    if isinstance(batch, int) and batch % world:
+        raise BenchConfigError(
+            f"batch_size {batch} is the global contrastive batch and does not split evenly "
+            f"over {world} training processes (devices x num_nodes); use a multiple of {world}"
         )
     config = {
         "seed_everything": seed,

@@ -1,27 +1,33 @@
 """One (method, seed) of a benchmark run: build it from its resolved config, train it (checkpoint
 selected on ``val/R@1``, the validation split only), test the selected checkpoint once, measure.
 
-Training runs in this process on one device, or — with ``devices > 1`` or ``num_nodes > 1`` — as
-``tvrbench fit --config <resolved config>`` in a child process under Lightning DDP, so that the
+Training runs in this process on one device, or — when Lightning resolves the trainer's
+``devices`` / ``num_nodes`` to more than one device (:func:`~tvrbench.bench.launch.training_layout`)
+— as ``tvrbench fit --config <resolved config>`` in a child process under Lightning DDP, started
+with an explicit environment (:func:`~tvrbench.bench.launch.child_environment`), so that the
 run's data preparation, testing, measurement and writing happen once. Testing and measurement
 always run here on one device: every test video is counted exactly once.
+
+Logs: training curves in ``logs/<method>/seed<k>/metrics.csv`` (the child's, or this process's
+training and test); after a child-process training this process's test logs go to
+``logs/<method>/seed<k>-test/`` so that the training curves are kept.
 """
 
 from __future__ import annotations
 
 import copy
-import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from tvrbench.bench.config import BenchConfigError, RunSpec
-from tvrbench.bench.environment import proc_status_kb, reset_peak_rss
+from tvrbench.bench.environment import device_name, proc_status_kb, reset_peak_rss
+from tvrbench.bench.launch import child_environment, release_cuda_memory, training_layout
 from tvrbench.bench.measure import TestCapture, measure_tested
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
 
@@ -70,10 +76,8 @@ def checkpoint_dir(run_dir: Path, spec: RunSpec) -> Path:
 
 
 def is_distributed(trainer_cfg: dict[str, Any]) -> bool:
-    devices = trainer_cfg.get("devices", 1)
-    many = isinstance(devices, int) and devices > 1
-    many = many or (isinstance(devices, (list, str)) and str(devices) not in ("1", "auto", "[0]"))
-    return many or int(trainer_cfg.get("num_nodes", 1) or 1) > 1
+    """More than one device once Lightning resolves ``devices`` / ``num_nodes``."""
+    return training_layout(trainer_cfg).distributed
 
 
 def one_device(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
@@ -118,8 +122,34 @@ def _best_from(ckpt_dir: Path) -> tuple[str, float | None]:
     return (str(last) if last.exists() else ""), None
 
 
-def _fit_in_child(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> None:
-    """``tvrbench fit --config <resolved>`` in a child process (Lightning starts the ranks)."""
+def _epochs_from(last: Path) -> tuple[int, float | None]:
+    """Epochs trained and training seconds (the max_time timer) recorded in a child-process
+    fit's ``last.ckpt`` (saved at the end of its last epoch: ``epoch`` is that epoch's index)."""
+    if not last.is_file():
+        return 0, None
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    progress = (state.get("loops") or {}).get("fit_loop", {}).get("epoch_progress", {})
+    processed = (progress.get("current") or {}).get("processed")
+    epochs = int(processed) if processed is not None else int(state.get("epoch", -1)) + 1
+    timer = (state.get("callbacks") or {}).get("Timer") or {}
+    elapsed = (timer.get("time_elapsed") or {}).get("train")
+    return epochs, (float(elapsed) if elapsed is not None else None)
+
+
+def _run_config(spec: RunSpec, run_dir: Path, frozen_backbone: bool) -> dict[str, Any]:
+    """The (method, seed)'s ``tvrbench fit`` config inside the run folder."""
+    config = copy.deepcopy(spec.config)
+    if frozen_backbone:
+        config["model"]["init_args"]["freeze_backbone"] = True
+    config["trainer"] = run_folder_trainer(spec, run_dir)
+    return config
+
+
+def _fit_in_child(
+    spec: RunSpec, config: dict[str, Any], run_dir: Path, env: Mapping[str, str]
+) -> None:
+    """``tvrbench fit --config <resolved>`` in a child process (Lightning starts the ranks, or
+    places this one when ``env`` holds a SLURM job's task variables)."""
     path = run_dir / "configs" / f"{spec.method}-seed{spec.seed}-fit.yaml"
     _dump_yaml(path, config)
     last = checkpoint_dir(run_dir, spec) / "last.ckpt"
@@ -127,9 +157,16 @@ def _fit_in_child(spec: RunSpec, config: dict[str, Any], run_dir: Path) -> None:
     if last.exists():
         cmd += ["--ckpt_path", str(last)]
     print(f"[{spec.key}] training under DDP: {' '.join(cmd)}")
-    proc = subprocess.run(cmd, env=dict(os.environ))
+    release_cuda_memory()
+    proc = subprocess.run(cmd, env=dict(env))
     if proc.returncode != 0:
         raise RuntimeError(f"[{spec.key}] distributed training failed (exit {proc.returncode})")
+
+
+def train_as_rank(spec: RunSpec, run_dir: Path, env: Mapping[str, str]) -> None:
+    """One non-zero task of a multi-task SLURM job: its rank of the (method, seed)'s training,
+    nothing else (task 0 tests, measures and writes the record)."""
+    _fit_in_child(spec, _run_config(spec, run_dir, frozen_backbone=False), run_dir, env)
 
 
 def run_method(
@@ -143,6 +180,7 @@ def run_method(
     given_checkpoint: str | None = None,
     cached=None,
     stress: StressSettings | None = None,
+    training_env: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """Train (or load), test and measure one (method, seed); returns its record.
 
@@ -159,19 +197,20 @@ def run_method(
         cached: the cached-feature protocol's :class:`~tvrbench.bench.cached.CachedSetup`.
         stress: the controlled-length protocol's settings (SPEC §6): the selected checkpoint is
             evaluated again at every injected length after the test; None: not run.
+        training_env: the environment of a child-process training; None:
+            :func:`~tvrbench.bench.launch.child_environment` of this process.
     """
     print(f"[{spec.key}] {spec.config['model']['class_path']} (recipe {spec.recipe})")
     started_s = time.perf_counter()
     peak_reset = reset_peak_rss()
-    config = copy.deepcopy(spec.config)
-    if cached is not None:
-        config["model"]["init_args"]["freeze_backbone"] = True
-    config["trainer"] = run_folder_trainer(spec, run_dir)
+    config = _run_config(spec, run_dir, frozen_backbone=cached is not None)
     _dump_yaml(run_dir / "configs" / f"{spec.method}-seed{spec.seed}.yaml", config)
     distributed = is_distributed(config["trainer"])
     local = copy.deepcopy(config)
     if distributed:
         local["trainer"] = one_device(config["trainer"])
+        # The child's training curves stay in logs/<method>/seed<k>: test logs beside them.
+        local["trainer"]["logger"]["init_args"]["version"] = f"seed{spec.seed}-test"
     module, datamodule, trainer = instantiate(local)
     datamodule = datamodule_for(datamodule)
     datamodule.seed = spec.seed  # data order follows the seed (a shared instance)
@@ -217,7 +256,8 @@ def run_method(
         if distributed:
             if cached is not None:
                 raise BenchConfigError("the cached-feature protocol runs on one device")
-            _fit_in_child(spec, config, run_dir)
+            env = child_environment() if training_env is None else training_env
+            _fit_in_child(spec, config, run_dir, env)
             ckpt_path, best_val = _best_from(ckpt_dir)
         else:
             trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.exists() else None)
@@ -234,13 +274,18 @@ def run_method(
         if not best_val and not Path(ckpt_dir / "best.ckpt").exists():
             notes.append("no validation ran inside the budget: tested the last checkpoint")
         checkpoint = ckpt_path
-    epochs = int(trainer.current_epoch)
+    epochs, timer = int(trainer.current_epoch), ""
+    if distributed and selected_on == "val/R@1":
+        # The child's trainer is gone: its last checkpoint says how far it got.
+        epochs, elapsed_s = _epochs_from(checkpoint_dir(run_dir, spec) / "last.ckpt")
+        timer = f"; {elapsed_s:.0f} s trained" if elapsed_s is not None else ""
     planned = config["trainer"].get("max_epochs")
-    if selected_on == "val/R@1" and not distributed and planned and epochs < int(planned):
+    if selected_on == "val/R@1" and planned and epochs < int(planned):
         # The max_time safety net ended training early: say so, never silently.
         notes.append(
             f"training stopped by max_time after {epochs} of {planned} epochs "
-            f"({config['trainer'].get('max_time')}): not the same budget as a complete run"
+            f"({config['trainer'].get('max_time')}{timer}): not the same budget as a complete "
+            "run"
         )
     if ckpt_path is not None:
         load_checkpoint_weights(module, ckpt_path)
@@ -265,6 +310,10 @@ def run_method(
         "best_val_R@1": best_val,
         "epochs_trained": epochs,
         "train_seconds": train_s,
+        # Resolved in this process's fit (None: trained in a DDP child or not trained here).
+        "activation_checkpointing": getattr(module, "activation_checkpointing_used", None),
+        "world_size": training_layout(config["trainer"]).world_size if distributed else 1,
+        "cost_device": f"{device.type} ({device_name(device)})",
         "threads": torch.get_num_threads(),
         "notes": notes,
         **({"frozen_backbone": True, "features": dict(cached.paths)} if cached else {}),

@@ -13,6 +13,11 @@ The story of a run:
 4. combine the records into results.csv, gallery.csv, stress.csv, results.json, report.md and
    the plots (:mod:`tvrbench.bench.outputs`).
 
+Where the (method, seed) units run (``launcher``, :mod:`tvrbench.bench.launch`): ``none`` — here,
+one after another; ``local`` / ``slurm`` — one submitit job each (on this machine / one SLURM
+job), after this process prepared the shared starting point; each job writes only its record,
+this process waits (or returns with ``no_wait``) and writes the combined outputs.
+
 ``<out_dir>/<run>``: ``<run>`` defaults to a hash of the configuration, so re-running the same
 command resumes the same folder: only (method, seed) pairs without a record run again.
 
@@ -24,7 +29,6 @@ training on features cached once per split; labelled in every output).
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -42,6 +46,7 @@ from tvrbench.bench.config import (
     seed_list,
     split_methods,
 )
+from tvrbench.bench.launch import LauncherSettings, UnitsFailedError
 
 __all__ = ["BenchConfigError", "config_hash", "main", "run_bench", "split_methods"]
 
@@ -84,6 +89,8 @@ def run_bench(
     distractor_split: str = "val",
     placement: str = "random",
     stress_gallery: int | None = None,
+    launcher: LauncherSettings | str = "none",
+    no_wait: bool = False,
 ) -> Path:
     """Run the benchmark; returns the run folder.
 
@@ -117,15 +124,25 @@ def run_bench(
         distractor_split, placement: where distractor seconds come from and where the video sits.
         stress_gallery: evaluate the controlled-length protocol on the first N test videos only
             (None: the whole test split); recorded in stress.csv and the report.
+        launcher: ``none`` | ``local`` | ``slurm`` or a :class:`LauncherSettings` section
+            (SLURM resources): where every (method, seed) runs.
+        no_wait: with ``launcher: slurm``, return once the jobs are submitted; the same command
+            run later collects the records (and waits for jobs still queued or running).
     """
     config = dict(locals())
-    if int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")) or 0) > 0:
-        raise BenchConfigError(
-            "tvrbench bench runs once and starts the DDP ranks itself (trainer devices > 1): "
-            "do not launch it with torchrun/srun"
-        )
+    from tvrbench.bench.launch import refuse_multi_task_start, slurm_trainer_layout
+
+    refuse_multi_task_start()
+    settings = LauncherSettings.from_config(launcher)
+    config["launcher"] = dict(settings.__dict__)
     if protocol not in PROTOCOLS:
         raise BenchConfigError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+    if settings.kind != "none" and protocol == "cached_features":
+        raise BenchConfigError("launcher: the cached_features protocol runs in one process (none)")
+    if no_wait and settings.kind != "slurm":
+        raise BenchConfigError(
+            "no_wait: only with launcher slurm (local jobs end with this process)"
+        )
     from tvrbench.bench import starting_point
     from tvrbench.bench.environment import collect_environment
     from tvrbench.bench.outputs import record_path, write_outputs, write_record
@@ -139,7 +156,14 @@ def run_bench(
     if "class_path" not in data_cfg:
         raise BenchConfigError(f"data config {data}: expected `data: {{class_path, init_args}}`")
     trainer_cfg = section(trainer, "trainer", "trainer config")
-    torch_device = resolve_device(device)
+    if settings.kind == "slurm":
+        # Lightning in a job must use exactly what SLURM allocated (and the hash says so).
+        trainer_overrides = {**(trainer_overrides or {})}
+        layout = slurm_trainer_layout(settings, {**trainer_cfg, **trainer_overrides})
+        trainer_overrides.update(layout)
+        config["trainer_overrides"] = trainer_overrides
+    # The submitting host of SLURM jobs needs no accelerator: jobs resolve `device` themselves.
+    torch_device = resolve_device("cpu" if settings.kind == "slurm" else device)
     synthetic = didemo_root is None
     config.update(
         methods=method_names,
@@ -230,6 +254,22 @@ def run_bench(
             "matmul_gflops_per_s": env.get("matmul_gflops_per_s"),
             "seed": seed,
         }
+        if settings.kind != "none":
+            _run_as_jobs(
+                settings,
+                [spec_for(m, s, start) for m, s in pending],
+                run_dir,
+                device=device,
+                measure=measure,
+                checkpoints=checkpoints or {},
+                stress=stress_settings,
+                shared=shared,
+                wait=not no_wait,
+            )
+            if no_wait:
+                print(f"submitted; collect with the same command (run: {run_dir})")
+                return run_dir
+            pending = []
         from tvrbench.bench.method import run_method
         from tvrbench.train import instantiate
 
@@ -253,6 +293,46 @@ def run_bench(
         _complete_stress(run_dir, method_names, seed_values, stress_settings, torch_device, shared)
     write_outputs(run_dir, method_names, seed_values, config, env, synthetic)
     return run_dir
+
+
+def _run_as_jobs(
+    settings: LauncherSettings,
+    specs: list,
+    run_dir: Path,
+    *,
+    device: str,
+    measure: dict[str, Any],
+    checkpoints: dict[str, str],
+    stress,
+    shared: _SharedData,
+    wait: bool,
+) -> None:
+    """Every (method, seed) of ``specs`` as one job: the data are probed and decoded into the
+    frame cache here first (bad_videos.csv, data_summary.json), so that no job — and no rank
+    inside one — waits on another's decoding; then submit and, with ``wait``, collect."""
+    from tvrbench.bench.launch import UnitJob, submit_units, training_layout
+
+    shared.write_data_files(run_dir)
+    units = [
+        UnitJob(
+            spec=spec,
+            run_dir=str(run_dir.resolve()),
+            device=device,
+            measure=measure,
+            given_checkpoint=checkpoints.get(spec.method),
+            stress=stress,
+            measure_matmul=settings.kind == "slurm",
+        )
+        for spec in specs
+    ]
+    layout = training_layout(specs[0].config["trainer"]) if settings.kind == "local" else None
+    failures = submit_units(settings, units, layout, wait=wait)
+    if failures:
+        lines = [
+            f"{len(failures)} of {len(units)} (method, seed) jobs failed; rerun the same "
+            "command to resubmit only those:"
+        ]
+        raise UnitsFailedError("\n".join(lines + [f.line() for f in failures]))
 
 
 def _complete_stress(run_dir, methods, seeds, settings, device, shared) -> None:
@@ -356,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     except (BenchConfigError, BackboneNotFoundError, AnnotationError, DataSetupError) as err:
         print(f"tvrbench bench: {err}", file=sys.stderr)
         return 2
+    except UnitsFailedError as err:
+        print(f"tvrbench bench: {err}", file=sys.stderr)
+        return 1
     except Exception as err:
         known = known_error(err)
         if known is None:
