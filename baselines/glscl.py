@@ -147,6 +147,8 @@ class GLSCLHead(RetrievalHead):
     [Bv, N]``, ``gram [Bv, N, N]`` and ``concepts [Bv, Q, D]``; all float32.
     """
 
+    scores_in_float32 = True  # its scoring upcasts to float32 with autocast off (SPEC §2.7)
+
     #: How :meth:`reference_pair_flops` counts (read by ``benchmarks/scoring.py``).
     reference_note = (
         "the reference forms ṽ per pair (2·N·D + Q·D + 2·D); its unused per-pair weight_fc "

@@ -92,6 +92,8 @@ class XCLIPHead(RetrievalHead):
     ``video_vector [Bv, D]`` (v̄). All float32.
     """
 
+    scores_in_float32 = True  # its scoring upcasts to float32 with autocast off (SPEC §2.7)
+
     def __init__(
         self,
         dim: int,

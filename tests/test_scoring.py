@@ -256,3 +256,29 @@ def test_benchmark_script_end_to_end(tmp_path):
     glccl = rows[methods.index("glccl")]
     assert glccl["timed_texts"] == "3" and "extrapolated" in glccl["note"]
     assert rows[-1]["n_videos"] == "40"
+
+
+def test_bf16_run_measures_every_head_in_the_dtype_it_really_computes_in(tmp_path, capsys):
+    """--dtype bf16 used to crash X-CLIP and GLCCL (float32 scoring against bf16 parameters)
+    and to time GLSCL in float32 against the bf16 matmul rate. Now a head whose scoring upcasts
+    to float32 (scores_in_float32) is measured in fp32, labelled so, against the fp32 rate;
+    the others run in bf16."""
+    bench = _load_benchmark()
+    assert [bench.row_dtype(h, "bf16") for h in (MeanPHead(), XPoolHead(D))] == ["bf16"] * 2
+    assert bench.row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "bf16") == "fp32"
+    assert bench.row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "fp32") == "fp32"
+    out = tmp_path / "bf16.csv"
+    argv = ["--quick", "--dtype=bf16", "--gallery-videos=0", f"--out={out}"]
+    assert bench.main([*argv, "--methods=meanp,xclip,glccl,glscl"]) == 0
+    printed = capsys.readouterr().out
+    assert "dense matmul 256^3 in fp32" in printed  # the second rate, measured for those rows
+    with out.open() as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert {m: r["dtype"] for m, r in rows.items()} == {
+        "meanp": "bf16", "xclip": "fp32", "glccl": "fp32", "glscl": "fp32",
+    }  # fmt: skip
+    for m in ("xclip", "glccl", "glscl"):
+        assert "asked bf16" in rows[m]["note"] and "scores in float32" in rows[m]["note"]
+        assert rows[m]["matmul_gflops_per_s"] != rows["meanp"]["matmul_gflops_per_s"]
+        assert float(rows[m]["max_abs_diff_vs_ref"]) <= 1e-5
+    assert "asked" not in rows["meanp"]["note"]

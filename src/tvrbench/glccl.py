@@ -160,6 +160,8 @@ class GLCCLHead(RetrievalHead):
     ``frame_mask [Bv, N]``, ``gram [Bv, N, N]``.
     """
 
+    scores_in_float32 = True  # its scoring upcasts to float32 with autocast off (SPEC §2.7)
+
     def __init__(
         self,
         dim: int,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import lightning as L
 import torch
@@ -32,6 +32,10 @@ class RetrievalHead(nn.Module):
 
     Subclasses implement :meth:`video_state` and :meth:`score`; everything else has defaults.
     """
+
+    #: True when :meth:`score` computes in float32 whatever its inputs' dtype (upcasts inside,
+    #: autocast off: e.g. softmaxes at temperature 0.01); benchmarks label such heads' rows.
+    scores_in_float32: ClassVar[bool] = False
 
     def video_state(self, frame_emb: Tensor, frame_mask: Tensor) -> State:
         """``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]`` → query-independent video state."""
