@@ -395,6 +395,198 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# ----------------------------------------------------------------------- activation memory
+
+#: Sizes of the activation measurement (``--activations``): videos of ``ACT_FRAMES`` frames at
+#: two batch sizes, texts of ``ACT_WORDS`` tokens at two batch sizes; per-frame and per-text
+#: figures scale linearly, so small batches suffice.
+ACT_FRAMES = 4
+ACT_VIDEOS = (1, 2)
+ACT_TEXTS = (2, 4)
+ACT_WORDS = 64
+ACT_COLUMNS = [
+    "device",
+    "precision",
+    "checkpointing",
+    "per_frame_mib",
+    "per_text_mib",
+    "step_s",
+    "step_ratio",
+    "threads",
+    "torch",
+]
+#: The fit table: an 80 GB GPU, global batch 64 spread over 1, 2, 4 or 8 GPUs.
+FIT_GPU_BYTES = 80 * 10**9
+FIT_GLOBAL_BATCH = 64
+FIT_GPUS = (1, 2, 4, 8)
+FIT_FRAMES = (31, 64)
+
+
+def tower_step(backbone: Any, videos: int, texts: int, bf16: bool, seed: int = 0) -> Any:
+    """A function doing one forward + backward of the CLIP towers on ``videos`` videos of
+    :data:`ACT_FRAMES` frames and ``texts`` texts of :data:`ACT_WORDS` tokens (inputs made
+    outside it), under CPU bf16 autocast when ``bf16`` (like ``bf16-mixed``)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    size = backbone.image_size
+    frames = torch.randn(videos, ACT_FRAMES, 3, size, size, generator=gen)  # (B, N, 3, H, W)
+    frame_mask = torch.ones(videos, ACT_FRAMES, dtype=torch.bool)
+    vocab = int(backbone.clip.config.text_config.vocab_size)
+    input_ids = torch.randint(3, vocab - 2, (texts, ACT_WORDS), generator=gen)  # (Bt, L)
+    input_ids[:, -1] = int(backbone.clip.config.text_config.eos_token_id)
+    attention_mask = torch.ones_like(input_ids)
+
+    def step() -> None:
+        # Gradients stay allocated between steps (zeroed in place), as in training, so a peak
+        # measures the activations, not the first allocation of the gradients.
+        backbone.zero_grad(set_to_none=False)
+        with torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            loss = backbone.clip.logit_scale * 0.0
+            if videos:
+                loss = loss + backbone.encode_frames(frames, frame_mask).float().square().mean()
+            if texts:
+                text = backbone.encode_text(input_ids, attention_mask)
+                loss = loss + text.words.float().square().mean()
+        loss.backward()
+
+    return step
+
+
+def measure_activations(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Activation MiB per frame and per text of the ViT-B/32 towers (random weights) on the
+    CPU, fp32 and bf16 autocast, with and without checkpointing, and the step time of each
+    (median of ``--act-repeats`` after one warm-up; ``step_ratio``: with / without)."""
+    import statistics
+
+    import torch
+
+    from tvrbench.backbone import ClipBackbone, build_vit_b32_model
+    from tvrbench.memory import MIB, peak_bytes
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    backbone = ClipBackbone(build_vit_b32_model(args.seed)).train()
+    # The embedding layers stay frozen: the token table's dense gradient (49408 × 512, 97 MiB in
+    # fp32, whatever the batch) is a transient of the backward pass that would set the peak at
+    # these small batches and hide the activations (the shared recipe freezes them too).
+    backbone.clip.text_model.embeddings.requires_grad_(False)
+    backbone.clip.vision_model.embeddings.requires_grad_(False)
+    cpu = torch.device("cpu")
+    rows: list[dict[str, Any]] = []
+    for precision in ("fp32", "bf16"):
+        base_step_s = None
+        for checkpointing in (False, True):
+            backbone.set_activation_checkpointing(checkpointing)
+            bf16 = precision == "bf16"
+            tower_step(backbone, 1, 1, bf16)()  # warm-up (first-call allocations)
+
+            def peak(videos: int, texts: int, bf16: bool = bf16) -> int:
+                step = tower_step(backbone, videos, texts, bf16)
+                return peak_bytes(step, cpu).peak_bytes
+
+            v1, v2 = (peak(v, 0) for v in ACT_VIDEOS)
+            t1, t2 = (peak(0, t) for t in ACT_TEXTS)
+            per_frame = (v2 - v1) / ((ACT_VIDEOS[1] - ACT_VIDEOS[0]) * ACT_FRAMES) / MIB
+            per_text = (t2 - t1) / (ACT_TEXTS[1] - ACT_TEXTS[0]) / MIB
+            step = tower_step(backbone, ACT_VIDEOS[1], ACT_TEXTS[0], bf16)
+            samples_s = []
+            for _ in range(args.act_repeats):
+                t0 = time.perf_counter()
+                step()
+                samples_s.append(time.perf_counter() - t0)
+            step_s = statistics.median(samples_s)
+            base_step_s = step_s if not checkpointing else base_step_s
+            rows.append(
+                {
+                    "device": "cpu",
+                    "precision": precision,
+                    "checkpointing": checkpointing,
+                    "per_frame_mib": per_frame,
+                    "per_text_mib": per_text,
+                    "step_s": step_s,
+                    "step_ratio": step_s / base_step_s if base_step_s else 1.0,
+                    "threads": torch.get_num_threads(),
+                    "torch": torch.__version__,
+                }
+            )
+            print(
+                f"  {precision} checkpointing={checkpointing}: {per_frame:.2f} MiB/frame, "
+                f"{per_text:.2f} MiB/text, step {step_s:.2f} s",
+                flush=True,
+            )
+    backbone.set_activation_checkpointing(False)
+    return rows
+
+
+def fit_table(rows: list[dict[str, Any]], precision: str = "bf16") -> str:
+    """Markdown: per-device batch (global 64 over 1/2/4/8 GPUs) that fits an 80 GB GPU at 31
+    and 64 frames, with and without checkpointing, from the measured figures of ``precision``
+    (:func:`tvrbench.memory.estimate_step_memory`'s model: tower activations + 16 bytes per
+    parameter of ViT-B/32)."""
+    from transformers import CLIPConfig
+
+    from tvrbench.backbone import VIT_B32_TEXT, VIT_B32_VISION
+    from tvrbench.memory import ActivationFigures, estimate_step_memory
+
+    config = CLIPConfig(text_config=VIT_B32_TEXT, vision_config=VIT_B32_VISION, projection_dim=512)
+    params = 151_277_313  # ViT-B/32 CLIPModel (openai/clip-vit-base-patch32)
+    gib = 1024**3
+    header = "| frames | checkpointing | max per-device batch | " + " | ".join(
+        f"{g} GPU{'s' if g > 1 else ''}: batch {FIT_GLOBAL_BATCH // g}" for g in FIT_GPUS
+    )
+    lines = [header + " |", "|" + "---|" * (3 + len(FIT_GPUS))]
+    measured = {
+        (r["precision"], r["checkpointing"]): ActivationFigures(
+            r["per_frame_mib"], r["per_text_mib"]
+        )
+        for r in rows
+    }
+    for frames in FIT_FRAMES:
+        for ckpt in (False, True):
+
+            def need(batch: int, frames: int = frames, ckpt: bool = ckpt) -> int:
+                figures = measured[(precision, ckpt)]
+                est = estimate_step_memory(
+                    config, batch, frames, ACT_WORDS, precision, ckpt, params, figures=figures
+                )
+                return est.total_bytes
+
+            per_video = need(1) - need(0)
+            max_batch = max(0, (FIT_GPU_BYTES - need(0)) // max(1, per_video))
+            cells = []
+            for g in FIT_GPUS:
+                batch = FIT_GLOBAL_BATCH // g
+                mark = "fits" if need(batch) <= FIT_GPU_BYTES else "OOM"
+                cells.append(f"{need(batch) / gib:.0f} GiB, {mark}")
+            row = f"| {frames} | {'on' if ckpt else 'off'} | {max_batch} | " + " | ".join(cells)
+            lines.append(row + " |")
+    return "\n".join(lines)
+
+
+def write_activations(rows: list[dict[str, Any]], path: Path) -> None:
+    from tvrbench.atomic import atomic_write_csv
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_csv(path, rows, ACT_COLUMNS, float_format=".6g")
+
+
+def activations_main(args: argparse.Namespace) -> int:
+    print(
+        f"activation memory of the ViT-B/32 towers (random weights) on the CPU: videos "
+        f"{ACT_VIDEOS} x {ACT_FRAMES} frames, texts {ACT_TEXTS} x {ACT_WORDS} tokens; fp32 and "
+        f"bf16 autocast, checkpointing off/on; step = {ACT_VIDEOS[1]} videos + {ACT_TEXTS[0]} "
+        f"texts, median of {args.act_repeats}",
+        flush=True,
+    )
+    rows = measure_activations(args)
+    out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / "activations-cpu.csv"
+    write_activations(rows, out)
+    print("\nfit on an 80 GB GPU, global batch 64, bf16-mixed:\n" + fit_table(rows))
+    print(f"wrote {out}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parent side
 
 
@@ -466,6 +658,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of the method YAMLs")
     p.add_argument("--out", default=None, help="CSV (default results/train-step-<device>.csv)")
+    p.add_argument(
+        "--activations",
+        action="store_true",
+        help="measure activation MiB per frame/text of the ViT-B/32 towers instead (CPU)",
+    )
+    p.add_argument("--act-repeats", type=int, default=3, help="timed steps of --activations")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     for name, value in (QUICK_SIZES if args.quick else FULL_SIZES).items():
@@ -476,7 +674,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.device.split(":")[0] not in ("cpu", "cuda"):
         p.error(f"--device must be cpu or cuda[:i], got {args.device!r}")
-    if args.child:
+    if args.child or args.activations:
         return args
     config_dir = Path(args.config_dir)
     methods, unknown = resolve_methods(args.methods, config_dir)
@@ -498,6 +696,8 @@ def default_out(args: argparse.Namespace) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.activations:
+        return activations_main(args)
     if args.child:
         try:
             print(json.dumps(run_child(args.child, args)))

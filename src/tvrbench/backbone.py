@@ -278,6 +278,18 @@ VIT_B32_VISION = dict(
 _SAVED_FILES = ("config.json", "model.safetensors", "tokenizer_config.json")
 
 
+def build_vit_b32_model(seed: int = 0, attn_implementation: str = "sdpa"):
+    """A random-initialised ``CLIPModel`` with the exact ViT-B/32 architecture, in memory
+    (about 151 M parameters; see :func:`build_vit_b32_random` for the sizes)."""
+    from transformers import CLIPConfig, CLIPModel
+
+    config = CLIPConfig(text_config=VIT_B32_TEXT, vision_config=VIT_B32_VISION, projection_dim=512)
+    config._attn_implementation = attn_implementation
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return CLIPModel(config)
+
+
 def build_vit_b32_random(
     directory: str | Path, tokenizer: str | Path, seed: int = 0, overwrite: bool = False
 ) -> Path:
@@ -300,16 +312,11 @@ def build_vit_b32_random(
     Returns:
         ``directory`` as a ``Path``.
     """
-    from transformers import CLIPConfig, CLIPModel
-
     directory = Path(directory)
     if not overwrite and all((directory / name).is_file() for name in _SAVED_FILES):
         return directory
-    config = CLIPConfig(text_config=VIT_B32_TEXT, vision_config=VIT_B32_VISION, projection_dim=512)
     tok = load_tokenizer(str(tokenizer))
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        model = CLIPModel(config)
+    model = build_vit_b32_model(seed)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}."))
     try:
@@ -345,6 +352,32 @@ class ClipBackbone(nn.Module):
         not)."""
         impl = "eager" if eager_attention else "sdpa"
         return cls(load_clip_model(name_or_path, attn_implementation=impl))
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Turn transformers' gradient checkpointing of every CLIP layer (text and vision
+        towers) on or off, non-reentrant. A checkpointed layer keeps only its input for the
+        backward pass and runs again there; it checkpoints whoever calls it (CenterCLIP's own
+        vision path included) while the model is training with gradients enabled."""
+        clip = self.clip
+        if enabled:
+            kwargs = {"use_reentrant": False}
+            if hasattr(clip, "activation_checkpointing_enable"):  # transformers >= 5.x names
+                clip.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                clip.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        elif hasattr(clip, "activation_checkpointing_disable"):
+            clip.activation_checkpointing_disable()
+        else:
+            clip.gradient_checkpointing_disable()
+
+    @property
+    def activation_checkpointing(self) -> bool:
+        """Whether the CLIP layers are checkpointed."""
+        return any(
+            bool(getattr(m, "gradient_checkpointing", False))
+            for m in self.clip.modules()
+            if m is not self.clip
+        )
 
     def set_attention_implementation(self, impl: str) -> None:
         """Switch every sub-config to ``"eager"`` or ``"sdpa"`` in place (e.g. for FLOP counts)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar, Literal, cast
 
 import lightning as L
 import torch
@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from tvrbench.backbone import TINY, ClipBackbone, TextFeatures
 from tvrbench.data.video import prepare_frames
+from tvrbench.memory import parse_activation_checkpointing
 from tvrbench.precision import float32_region, float32_tensors
 
 State = dict[str, Tensor]
@@ -162,6 +163,10 @@ class RetrievalModule(L.LightningModule):
             (``backbone.CLIP_INPUT_LAYERS``), as the official ``--freeze_layer_num 0`` does.
         score_memory_mb: memory budget of chunked gallery scoring, MiB.
         eval_on_cpu: move gathered evaluation states to the CPU before scoring (saves GPU memory).
+        activation_checkpointing: ``auto``, ``true`` or ``false``: checkpoint the CLIP layers and
+            the head's temporal encoder blocks in training (``auto``: on when the estimated step
+            memory exceeds the device's free memory, :mod:`tvrbench.memory`; resolved in
+            ``setup("fit")`` and exposed as ``activation_checkpointing_used``).
     """
 
     def __init__(
@@ -178,9 +183,14 @@ class RetrievalModule(L.LightningModule):
         freeze_clip_input_layers: bool = False,
         score_memory_mb: float = 2048.0,
         eval_on_cpu: bool = False,
+        activation_checkpointing: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        self.activation_checkpointing = parse_activation_checkpointing(activation_checkpointing)
+        #: The resolved setting of the last ``fit`` (None before one), and why.
+        self.activation_checkpointing_used: bool | None = None
+        self.activation_checkpointing_reason = ""
         self.backbone = load_backbone(clip, clip_checkpoint)
         if freeze_backbone:
             self.backbone.requires_grad_(False)
@@ -195,6 +205,54 @@ class RetrievalModule(L.LightningModule):
         self.init_notes: list[str] = []
         #: The last evaluation: stage, ranks, bucket ids and names, metrics (read by the runner).
         self.last_eval: dict[str, Any] = {}
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit":
+            self.apply_activation_checkpointing()
+
+    def apply_activation_checkpointing(self) -> bool:
+        """Resolve ``activation_checkpointing`` for this trainer's device, per-device batch,
+        frames and precision, and turn it on or off in the CLIP towers and every temporal
+        encoder of the head; returns the resolved value."""
+        from tvrbench.memory import estimate_step_memory, resolve_activation_checkpointing
+
+        trainer = self.trainer
+        dm: Any = getattr(trainer, "datamodule", None)
+        batch = int(
+            getattr(dm, "per_device_batch_size", None) or getattr(dm, "batch_size", None) or 1
+        )
+        sampling = getattr(dm, "sampling", None)
+        frames = int(getattr(sampling, "max_frames", None) or getattr(dm, "max_frames", 1) or 1)
+        words = int(getattr(dm, "max_words", None) or self.backbone.max_words)
+        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        towers = any(p.requires_grad for p in self.backbone.parameters())
+        decision = resolve_activation_checkpointing(
+            self.activation_checkpointing,
+            trainer.strategy.root_device,
+            lambda: estimate_step_memory(
+                self.backbone.clip.config,
+                batch,
+                frames,
+                words,
+                trainer.precision,
+                False,
+                trainable,
+                towers_trained=towers,
+            ),
+        )
+        self.set_activation_checkpointing(decision.enabled)
+        self.activation_checkpointing_used = decision.enabled
+        self.activation_checkpointing_reason = decision.reason
+        return decision.enabled
+
+    def set_activation_checkpointing(self, enabled: bool) -> None:
+        """Checkpoint (or not) the CLIP layers and every temporal encoder block of the head."""
+        from tvrbench.temporal import TemporalTransformer
+
+        self.backbone.set_activation_checkpointing(enabled)
+        for m in self.modules():
+            if isinstance(m, TemporalTransformer):
+                m.checkpoint_blocks = enabled
 
     # ------------------------------------------------------------------------- encoding
 

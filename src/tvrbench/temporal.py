@@ -24,6 +24,7 @@ from typing import Any, cast
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 
 class TemporalShapeError(ValueError):
@@ -160,6 +161,9 @@ class TemporalTransformer(nn.Module):
         # Deep copies, as nn.TransformerEncoder makes them: every block starts from the same
         # weights (those that matter differ after clip_text initialisation or the first step).
         self.layers = nn.ModuleList(copy.deepcopy(block) for _ in range(num_layers))
+        #: Activation checkpointing of every block while training with gradients: a block keeps
+        #: only its input and runs again in the backward pass (non-reentrant).
+        self.checkpoint_blocks = False
 
     @property
     def blocks(self) -> list[TemporalBlock]:
@@ -168,8 +172,12 @@ class TemporalTransformer(nn.Module):
 
     def forward(self, x: Tensor, key_mask: Tensor) -> Tensor:
         """``x [B, N, D]``, ``key_mask [B, N]`` bool (True = real) → ``[B, N, D]``."""
+        checkpointed = self.checkpoint_blocks and self.training and torch.is_grad_enabled()
         for layer in self.layers:
-            x = layer(x, key_mask)
+            if checkpointed:
+                x = cast(Tensor, checkpoint(layer, x, key_mask, use_reentrant=False))
+            else:
+                x = layer(x, key_mask)
         return x
 
 
