@@ -9,6 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from baselines.meanp import MeanPModule
+
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory):
@@ -62,3 +64,85 @@ def test_two_process_test_metrics_equal_one_process(synth_root, tmp_path):
         assert double[key] == pytest.approx(value, abs=1e-6), key
     assert any(k.startswith("test/bucket=") for k in single)
     assert torch.isfinite(torch.tensor(list(single.values()))).all()
+
+
+class BatchSpyModule(MeanPModule):
+    """MeanP whose every rank writes the batch it loaded and the logits its loss saw to
+    ``out_dir/rank<r>.json`` (module level: ddp_spawn pickles it)."""
+
+    def __init__(self, out_dir: str, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.out_dir = out_dir
+
+    def training_step(self, batch, batch_idx):
+        import json
+        from pathlib import Path
+
+        real_score = self.head.score
+        seen: dict[str, list[int]] = {}
+
+        def spy(text, video):
+            out = real_score(text, video)
+            seen["logits"] = list(out.shape)
+            return out
+
+        self.head.score = spy  # type: ignore[method-assign]
+        try:
+            loss = super().training_step(batch, batch_idx)
+        finally:
+            del self.head.score
+        record = {
+            "local": int(batch["input_ids"].shape[0]),
+            "logits": seen["logits"],
+            "frames_dtype_on_module": str(batch["frames"].dtype),
+            "per_device": self.trainer.datamodule.per_device_batch_size,
+        }
+        (Path(self.out_dir) / f"rank{self.global_rank}.json").write_text(json.dumps(record))
+        return loss
+
+
+def test_global_batch_is_split_across_ranks_and_the_loss_sees_all_of_it(synth_root, tmp_path):
+    """batch_size is the global contrastive batch: 2 processes load 2 each, InfoNCE scores 4×4."""
+    import json
+
+    import lightning as L
+
+    from tvrbench.data.datamodule import DiDeMoDataModule
+
+    L.seed_everything(0)
+    dm = DiDeMoDataModule(
+        root=str(synth_root),
+        image_size=32,
+        max_words=32,
+        max_frames=6,
+        sample_fps=0.2,
+        clip_seconds=None,
+        num_buckets=2,
+        batch_size=4,
+        cache_dir=str(tmp_path / "cache"),
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp_spawn",
+        max_steps=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(BatchSpyModule(str(tmp_path), clip="tiny"), datamodule=dm)
+    for rank in (0, 1):
+        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert record["local"] == record["per_device"] == 2, record
+        assert record["logits"] == [4, 4], record
+        assert record["frames_dtype_on_module"] == "torch.float32", record
+
+
+def test_global_batch_that_does_not_split_is_a_one_line_error():
+    from tvrbench.data.datamodule import DataSetupError, per_device_batch_size
+
+    assert per_device_batch_size(64, 8) == 8
+    with pytest.raises(DataSetupError, match="batch_size 64 .* 3 training processes"):
+        per_device_batch_size(64, 3)

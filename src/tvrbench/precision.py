@@ -7,14 +7,17 @@ method does (its heads run outside any autocast). :class:`~tvrbench.retrieval.Re
 enters :func:`float32_region` around every head call and hands the head float32 tensors
 (:func:`float32_tensors`), so no head has to remember it.
 
-Process-wide float32 matmul precision (TF32 on Ampere/Hopper) is set and recorded by the
-benchmark: :func:`tvrbench.bench.environment.set_float32_precision`.
+Process-wide float32 matmul precision (TF32 on Ampere/Hopper) is set explicitly — by every
+``tvrbench fit|validate|test`` (``--float32_matmul_precision``, default ``highest``: true
+float32) and by the benchmark — with :func:`set_float32_precision`, and recorded
+(:func:`precision_flags`) in results.json.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -52,3 +55,30 @@ def precision_label(precision: object) -> str:
     if dtype is None:
         return "fp32"
     return f"{str(dtype).replace('torch.', '').replace('bfloat16', 'bf16')} towers, fp32 heads"
+
+
+FLOAT32_MATMUL_PRECISIONS = ("highest", "high", "medium")
+
+
+def precision_flags() -> dict[str, Any]:
+    """Process-wide float32 precision settings that change results on Ampere/Hopper GPUs:
+    ``float32_matmul_precision`` (``highest`` = true float32, ``high``/``medium`` allow
+    TF32/bf16 passes), and the TF32 switches of cuBLAS and cuDNN."""
+    return {
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+    }
+
+
+def set_float32_precision(float32_matmul_precision: str) -> dict[str, Any]:
+    """Set the float32 matmul precision (``highest | high | medium``) and cuDNN's TF32 switch to
+    match it (TF32 only when not ``highest``); returns :func:`precision_flags`."""
+    if float32_matmul_precision not in FLOAT32_MATMUL_PRECISIONS:
+        raise ValueError(
+            f"float32_matmul_precision must be one of {', '.join(FLOAT32_MATMUL_PRECISIONS)}, "
+            f"got {float32_matmul_precision!r}"
+        )
+    torch.set_float32_matmul_precision(float32_matmul_precision)
+    torch.backends.cudnn.allow_tf32 = float32_matmul_precision != "highest"
+    return precision_flags()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import warnings
-from typing import Any
+from typing import Any, Literal
 
 
 def lightning_cli(args: list[str] | dict[str, Any], run: bool):
@@ -33,7 +33,25 @@ def lightning_cli(args: list[str] | dict[str, Any], run: bool):
     extra: dict[str, Any] = (
         {"save_config_kwargs": {"overwrite": True}} if run else {"save_config_callback": None}
     )
-    return LightningCLI(
+    from tvrbench.precision import FLOAT32_MATMUL_PRECISIONS, set_float32_precision
+
+    class TvrbenchCLI(LightningCLI):
+        """LightningCLI + ``--float32_matmul_precision`` (``highest`` by default: float32
+        means float32, not TF32, on Ampere/Hopper), set before anything is built."""
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_argument(
+                "--float32_matmul_precision",
+                type=Literal[FLOAT32_MATMUL_PRECISIONS],  # type: ignore[valid-type]
+                default="highest",
+                help="torch.set_float32_matmul_precision (TF32 allowed unless highest)",
+            )
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            set_float32_precision(config["float32_matmul_precision"])
+
+    return TvrbenchCLI(
         RetrievalModule,
         L.LightningDataModule,
         subclass_mode_model=True,

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from tvrbench.precision import precision_flags
+
 # /proc/cpuinfo keys naming the processor: x86 ("model name"), then some ARM/POWER kernels.
 _CPUINFO_KEYS = ("model name", "hardware", "processor", "cpu", "model")
 
@@ -137,30 +139,6 @@ def matmul_probe_size(device: torch.device) -> int:
     return MATMUL_PROBE_SIZE.get(device.type, 1024)
 
 
-def precision_flags() -> dict[str, Any]:
-    """Process-wide float32 precision settings that change results on Ampere/Hopper GPUs:
-    ``float32_matmul_precision`` (``highest`` = true float32, ``high``/``medium`` allow
-    TF32/bf16 passes), and the TF32 switches of cuBLAS and cuDNN."""
-    return {
-        "float32_matmul_precision": torch.get_float32_matmul_precision(),
-        "cuda_matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
-        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
-    }
-
-
-def set_float32_precision(float32_matmul_precision: str) -> dict[str, Any]:
-    """Set the float32 matmul precision (``highest | high | medium``) and cuDNN's TF32 switch to
-    match it (TF32 only when not ``highest``); returns :func:`precision_flags`."""
-    if float32_matmul_precision not in ("highest", "high", "medium"):
-        raise ValueError(
-            f"float32_matmul_precision must be highest, high or medium, got "
-            f"{float32_matmul_precision!r}"
-        )
-    torch.set_float32_matmul_precision(float32_matmul_precision)
-    torch.backends.cudnn.allow_tf32 = float32_matmul_precision != "highest"
-    return precision_flags()
-
-
 @torch.no_grad()
 def matmul_gflops_per_s(
     device: torch.device,
@@ -210,7 +188,7 @@ def collect_environment(
         "git_commit": git_commit(),
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    env.update(precision_flags())
+    env.update(precision_flags())  # float32 matmul precision, TF32 switches
     if measure_matmul:
         env["matmul_gflops_per_s"] = matmul_gflops_per_s(device, dtype=dtype)
         env["matmul_probe_size"] = matmul_probe_size(device)
