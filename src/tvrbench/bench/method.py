@@ -29,6 +29,7 @@ from tvrbench.bench.config import BenchConfigError, RunSpec
 from tvrbench.bench.environment import device_name, proc_status_kb, reset_peak_rss
 from tvrbench.bench.launch import child_environment, release_cuda_memory, training_layout
 from tvrbench.bench.measure import TestCapture, measure_tested
+from tvrbench.bench.postproc import encode_query_bank
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
 
 
@@ -188,7 +189,9 @@ def run_method(
         spec: the resolved run.
         run_dir: the run folder.
         device: where testing and every measurement run.
-        measure: keyword arguments of :func:`~tvrbench.bench.measure.measure_tested`.
+        measure: keyword arguments of :func:`~tvrbench.bench.measure.measure_tested`
+            (``postproc`` among them: QB-Norm's bank is encoded from the training split with
+            the tested weights, before the test).
         instantiate: config dict → ``(model, datamodule, trainer)``
             (:func:`tvrbench.train.instantiate`).
         datamodule_for: the run's shared DataModule for a freshly built one (identical data
@@ -208,7 +211,7 @@ def run_method(
     distributed = is_distributed(config["trainer"])
     local = copy.deepcopy(config)
     if distributed:
-        local["trainer"] = one_device(config["trainer"])
+        local["trainer"] = one_device(local["trainer"])  # a copy: the child's config keeps its own
         # The child's training curves stay in logs/<method>/seed<k>: test logs beside them.
         local["trainer"]["logger"]["init_args"]["version"] = f"seed{spec.seed}-test"
     module, datamodule, trainer = instantiate(local)
@@ -289,13 +292,30 @@ def run_method(
         )
     if ckpt_path is not None:
         load_checkpoint_weights(module, ckpt_path)
+    postproc = measure.get("postproc")  # PostprocSettings | None
+    bank = None
+    if postproc is not None and postproc.needs_bank:  # QB-Norm: the tested weights' bank
+        bank = encode_query_bank(module, data, postproc, device, trainer.precision)
     trainer.test(module, datamodule=data, verbose=False)
-    measured = measure_tested(module, capture, device, **measure)
+    measured = measure_tested(
+        module,
+        capture,
+        device,
+        bank=bank,
+        precision=trainer.precision,
+        **measure,
+    )
     stress_rows: list[dict[str, Any]] = []
     stress_ranks: dict[str, Any] = {}
     if stress is not None and capture.sample is not None:
         stress_rows, stress_ranks = evaluate_lengths(
-            module, datamodule, capture.sample, stress, device, precision=trainer.precision
+            module,
+            datamodule,
+            capture.sample,
+            stress,
+            device,
+            precision=trainer.precision,
+            bank=bank,
         )
     peak_kb = proc_status_kb("VmHWM")
     return {
@@ -320,6 +340,7 @@ def run_method(
         **measured,
         "stress": stress_rows,
         "stress_ranks": stress_ranks,
+        **({"postproc": postproc.record(bank)} if postproc is not None else {}),
     }
 
 
