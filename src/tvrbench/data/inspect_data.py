@@ -3,6 +3,10 @@ videos, names without extension, paragraphs truncated at ``max_words`` — and i
 
 With ``--annotations-only`` no video file is needed (and the bucket table is empty); otherwise
 every video is probed through the frame cache (decoded once, then read from the cache).
+
+``--manifest FILE.csv`` also writes the dataset manifest (:mod:`tvrbench.data.manifest`): every
+video of the train, val and test splits with its size, SHA-256 (of the first ``--hash-mb`` MiB
+and the total size), decoded duration, frames sampled and status (ok / missing / unreadable).
 """
 
 from __future__ import annotations
@@ -34,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--reader", choices=("auto", "decord", "pyav"), default="auto")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--workers", type=int, default=0, help="probe processes (0: all cores)")
+    p.add_argument(
+        "--manifest",
+        default=None,
+        help="write the dataset manifest of every split here (CSV: size, SHA-256 of the first "
+        "--hash-mb MiB + total size, duration, frames sampled, status)",
+    )
+    p.add_argument("--hash-mb", type=float, default=1.0, help="MiB hashed per video file")
     return p
 
 
@@ -88,6 +99,31 @@ def inspect_videos(args: argparse.Namespace) -> dict[str, Any]:
     return summary
 
 
+def write_data_manifest(args: argparse.Namespace) -> dict[str, Any]:
+    """``--manifest``: build and write the manifest; returns its path, hash and status counts."""
+    from tvrbench.data.datamodule import auto_num_workers
+    from tvrbench.data.manifest import build_manifest, status_counts, write_manifest
+    from tvrbench.data.video import SamplingConfig
+
+    sampling = SamplingConfig(
+        args.sample_fps,
+        args.max_frames,
+        args.clip_seconds if args.clip_seconds > 0 else None,
+        args.image_size,
+    )
+    rows = build_manifest(
+        args.root,
+        args.video_dir,
+        sampling,
+        cache_dir=args.cache_dir,
+        reader=args.reader,
+        hash_mb=args.hash_mb,
+        processes=args.workers or max(1, auto_num_workers()),
+    )
+    digest = write_manifest(rows, args.manifest)
+    return {"path": str(args.manifest), "sha256": digest, "videos": status_counts(rows)}
+
+
 def _fmt(x: Any, spec: str = ".1f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -122,10 +158,16 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         summary = inspect_annotations(args) if args.annotations_only else inspect_videos(args)
+        if args.manifest:
+            summary["dataset_manifest"] = write_data_manifest(args)
     except (AnnotationError, OSError, ValueError, RuntimeError) as err:
         print(f"tvrbench inspect-data: {err}".splitlines()[0], file=sys.stderr)
         return 2
     print(json.dumps(summary) if args.json else format_summary(summary))
+    if args.manifest and not args.json:
+        m = summary["dataset_manifest"]
+        counts = ", ".join(f"{n} {status}" for status, n in sorted(m["videos"].items()))
+        print(f"manifest {m['path']}: {counts}; sha256 {m['sha256']}")
     return 0
 
 
