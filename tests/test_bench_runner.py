@@ -102,7 +102,8 @@ def test_results_table(tiny_run):
     df = df[df["seed"].astype(str) == "0"]
     assert (df["data"] == "synthetic").all()
     buckets = json.loads((run / "data_summary.json").read_text())["test_bucket_edges"]
-    for _, g in df.groupby("method"):
+    assert set(df["postproc"]) == {"none", "dsl", "qbnorm"}  # the default: all three
+    for _, g in df.groupby(["method", "postproc"]):
         assert len(g) == len(buckets) + 2  # inner edges + 1 buckets, plus "all"
         assert list(g["bucket"]).count("all") == 1
         assert g["bucket"].is_unique
@@ -126,6 +127,31 @@ def test_results_table(tiny_run):
     results = json.loads((run / "results.json").read_text())
     assert results["environment"]["threads"] >= 1
     assert results["config"]["methods"] == ["meanp", "xpool"]
+
+
+def test_postproc_rows_records_and_report(tiny_run):
+    _, run = tiny_run
+    df = pd.read_csv(run / "results.csv")
+    record = json.loads((run / "methods" / "xpool" / "seed0.json").read_text())
+    ranks = record["ranks"]
+    for pp in ("dsl", "qbnorm"):
+        # Each post-processing's rows come from its own per-query ranks (same queries).
+        pp_ranks = ranks["postproc"][pp]
+        assert len(pp_ranks["ranks_t2v"]) == len(ranks["ranks_t2v"])
+        row = df[(df["method"] == "xpool") & (df["postproc"] == pp) & (df["bucket"] == "all")]
+        row = row[row["seed"].astype(str) == "0"].iloc[0]
+        r1 = 100.0 * sum(r == 1 for r in pp_ranks["ranks_t2v"]) / len(pp_ranks["ranks_t2v"])
+        assert row["t2v_R@1"] == pytest.approx(r1)
+        mean = df[(df["method"] == "xpool") & (df["postproc"] == pp)]
+        assert (mean["seed"].astype(str) == "mean").sum() == (mean["seed"].astype(str) == "0").sum()
+    bank = record["postproc"]["qbnorm"]
+    n_train = json.loads((run / "data_summary.json").read_text())["train"]["videos"]
+    assert bank["bank_queries"] == min(n_train, bank["bank_max_queries"]) > 0
+    assert bank["beta"] == 20.0 and record["postproc"]["dsl"]["inverse_temperature"] == 100.0
+    report = (run / "report.md").read_text()
+    assert "## Post-processing: none | DSL | QB-Norm" in report
+    assert "| method | bucket | none | DSL | QB-Norm |" in report
+    assert "transductive" in report
 
 
 def test_resume_redoes_only_missing(tiny_run, capsys):

@@ -58,7 +58,8 @@ def test_stress_csv_columns_and_ranges(stress_run):
     _, run = stress_run
     df = _stress(run)
     assert list(df.columns)[: len(STRESS_COLUMNS)] == STRESS_COLUMNS
-    per_seed = df[df["seed"].astype(str) != "mean"]
+    assert set(df["postproc"]) == {"none", "dsl", "qbnorm"}  # one row per post-processing
+    per_seed = df[(df["seed"].astype(str) != "mean") & (df["postproc"] == "none")]
     assert sorted(per_seed["method"].unique()) == ["meanp", "xpool"]
     for _method, g in per_seed.groupby("method"):
         assert sorted(g["injected_length_s"].astype(float)) == LENGTHS
@@ -81,19 +82,22 @@ def test_zero_length_equals_the_run_test_rows(stress_run):
     _, run = stress_run
     results = pd.read_csv(run / "results.csv")
     stress = _stress(run)
-    for method in ("meanp", "xpool"):
+    # Per post-processing too: the same gallery, the same similarity, the same bank.
+    for method, pp in [(m, p) for m in ("meanp", "xpool") for p in ("none", "dsl", "qbnorm")]:
         test_row = results[
             (results["method"] == method)
             & (results["bucket"] == "all")
             & (results["seed"].astype(str) == "0")
+            & (results["postproc"] == pp)
         ].iloc[0]
         zero = stress[
             (stress["method"] == method)
             & (stress["injected_length_s"] == 0)
             & (stress["seed"].astype(str) == "0")
+            & (stress["postproc"] == pp)
         ].iloc[0]
         for c in METRIC_COLUMNS:
-            assert zero[c] == pytest.approx(test_row[c], abs=1e-9), (method, c)
+            assert zero[c] == pytest.approx(test_row[c], abs=1e-9), (method, pp, c)
 
 
 def test_plot_report_and_json(stress_run):
@@ -128,7 +132,7 @@ def test_resume_rewrites_stress_without_retraining(stress_run):
     assert ckpt.stat().st_mtime_ns == mtime  # not retrained
     after = _stress(run)
     assert len(after) == len(before)
-    key = ["method", "seed", "injected_length_s"]
+    key = ["method", "seed", "injected_length_s", "postproc"]
     merged = before.merge(after, on=key, suffixes=("_a", "_b"))
     for c in ("t2v_R@1", "t2v_MnR", "v2t_R@1", "mean_relevant_fraction"):
         np.testing.assert_allclose(merged[f"{c}_a"], merged[f"{c}_b"])
@@ -143,7 +147,7 @@ def test_stress_command_adds_lengths(stress_run):
     assert "stress_added_on" in env_after
     df = _stress(run)
     per_seed = df[df["seed"].astype(str) != "mean"]
-    for _, g in per_seed.groupby("method"):
+    for _, g in per_seed.groupby(["method", "postproc"]):
         assert sorted(g["injected_length_s"].astype(float)) == [0.0, 20.0, 30.0, 60.0]
     # another distractor split than the run's would mix settings in one table
     assert stress_main(["--run", str(run), "--distractor_split", "train"]) == 2

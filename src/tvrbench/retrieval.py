@@ -464,6 +464,8 @@ class RetrievalModule(L.LightningModule):
             # latency and gallery-size measurements score against.
             "text_state": text,
             "video_state": video,
+            # The float32 similarity the ranks came from (post-processing re-scores it).
+            "similarity": sim.cpu(),
         }
         n = float(sim.shape[0])
         logged: dict[str, float] = {}

@@ -46,6 +46,8 @@ NOT_HASHED = {
     "seeds",
     "stress",
     "injected_lengths_s",
+    "postproc",
+    "bank_max_queries",
     "launcher",  # where units run; a SLURM job's devices enter through trainer_overrides
     "no_wait",
 }

@@ -18,6 +18,12 @@ import torch
 
 from tvrbench.bench.flops import count_pair_flops, method_flops
 from tvrbench.bench.latency import gallery_cost, query_latency, video_latency
+from tvrbench.bench.postproc import (
+    PostprocSettings,
+    QueryBank,
+    postproc_variants,
+    with_postproc_ranks,
+)
 from tvrbench.metrics import bootstrap_ci, summarize_ranks
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
@@ -204,8 +210,11 @@ def measure_tested(
     gallery_max_mb: float,
     matmul_gflops_per_s: float | None,
     seed: int,
+    postproc: PostprocSettings | None = None,
+    bank: QueryBank | None = None,
 ) -> dict[str, Any]:
-    """Rows (per bucket + ``all``), gallery timings and ranks of a tested module."""
+    """Rows (per bucket + ``all``, once per post-processing of ``postproc``; ``bank``:
+    QB-Norm's query bank), gallery timings and ranks of a tested module."""
     ev = module.last_eval
     if not ev or ev.get("stage") != "test":
         raise RuntimeError("the module holds no test evaluation (trainer.test did not run)")
@@ -214,7 +223,12 @@ def measure_tested(
         raise RuntimeError("no test batch was captured (empty test split?)")
     meter = CostMeter(module, capture.sample, device, latency_repeats, latency_warmup)
     q_lat = meter.query(gallery)
-    rows = bucket_rows(ev, capture, meter, bootstrap_samples, seed, q_lat)
+    variants = postproc_variants(module, ev, postproc, bank)  # {postproc: evaluation}
+    rows = [
+        {**row, "postproc": name}
+        for name, variant in variants.items()
+        for row in bucket_rows(variant, capture, meter, bootstrap_samples, seed, q_lat)
+    ]
     gallery_state = {k: v.clone().to(device) for k, v in gallery.items()}
     ids, am = meter.sample["input_ids"], meter.sample["attention_mask"]
     text_state = module.encode_text(ids, am)
@@ -238,6 +252,6 @@ def measure_tested(
         "rows": rows,
         "gallery": timings,
         "latency_query": q_lat,
-        "ranks": rank_record(ev),
+        "ranks": with_postproc_ranks(rank_record(ev), variants),
         "test_metrics": ev.get("metrics"),
     }

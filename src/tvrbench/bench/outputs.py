@@ -29,6 +29,7 @@ RESULT_COLUMNS = [
     "method",
     "seed",
     "bucket",
+    "postproc",
     "n_queries",
     *METRIC_COLUMNS,
     *INTERVAL_COLUMNS,
@@ -60,6 +61,7 @@ STRESS_COLUMNS = [
     "method",
     "seed",
     "injected_length_s",
+    "postproc",
     "n_queries",
     *METRIC_COLUMNS,
     *INTERVAL_COLUMNS,
@@ -100,10 +102,20 @@ def read_records(run_dir: Path, methods: list[str], seeds: list[int]) -> list[di
 
 
 def _tagged(record: dict[str, Any], key: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+    """A record's rows with its method and seed; rows written before post-processing was
+    reported are ``postproc = none``."""
     return [
-        {**row, "method": record["method"], "seed": record["seed"], **extra}
+        {"postproc": "none", **row, "method": record["method"], "seed": record["seed"], **extra}
         for row in record.get(key) or []
     ]
+
+
+def _per_postproc(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Rows split by their ``postproc`` (``none`` first)."""
+    out: dict[str, list[dict[str, Any]]] = {"none": []}
+    for row in rows:
+        out.setdefault(str(row.get("postproc", "none")), []).append(row)
+    return {k: v for k, v in out.items() if v}
 
 
 def combine(
@@ -124,23 +136,30 @@ def combine(
         rows += _tagged(r, "rows", {**extra, "recipe": recipe, "clip_seconds": clip_seconds})
         gallery += _tagged(r, "gallery", {"protocol": extra["protocol"]})
         stress += _tagged(r, "stress", {})
-    ranks = rank_table(ran)
     n_boot, seed = int(config["bootstrap_samples"]), int(config.get("seed", 0))
-    rows += aggregate_seed_rows(rows, ranks, n_boot, seed)
-    if stress:
-        stress_ranks = rank_table(ran, key="stress_ranks")
+    # Seeds are aggregated per post-processing: its own rows and its own per-query ranks.
+    ranks = {pp: rank_table(ran, postproc=pp) for pp in _per_postproc(rows)}
+    for pp, pp_rows in _per_postproc(rows).items():
+        rows += aggregate_seed_rows(pp_rows, ranks[pp], n_boot, seed)
+    for pp, pp_rows in _per_postproc(stress).items():
+        stress_ranks = rank_table(ran, key="stress_ranks", postproc=pp)
         stress += aggregate_seed_rows(
-            stress, stress_ranks, n_boot, seed, group_key="injected_length_s"
+            pp_rows, stress_ranks, n_boot, seed, group_key="injected_length_s"
         )
     return {"rows": rows, "gallery": gallery, "stress": stress, "ranks": ranks}
 
 
-def rank_table(records: list[dict[str, Any]], key: str = "ranks") -> dict[str, dict[int, Any]]:
-    """``{method: {seed: ranks record}}`` (the bootstrap's input)."""
+def rank_table(
+    records: list[dict[str, Any]], key: str = "ranks", postproc: str = "none"
+) -> dict[str, dict[int, Any]]:
+    """``{method: {seed: ranks record}}`` of one post-processing (the bootstrap's input)."""
+    from tvrbench.bench.postproc import ranks_view
+
     out: dict[str, dict[int, Any]] = {}
     for r in records:
-        if r.get(key):
-            out.setdefault(r["method"], {})[int(r["seed"])] = r[key]
+        entry = ranks_view(r.get(key), postproc)
+        if entry:
+            out.setdefault(r["method"], {})[int(r["seed"])] = entry
     return out
 
 
@@ -160,6 +179,7 @@ def write_outputs(
         FAST_PROTOCOL_BANNER,
         SYNTHETIC_BANNER,
         findings,
+        postproc_findings,
         render_report,
     )
     from tvrbench.bench.seeds import seeds_note
@@ -189,7 +209,14 @@ def write_outputs(
     gallery = pd.DataFrame(gallery_rows)
     stress = pd.DataFrame(stress_rows) if stress_rows else None
     n_boot, seed = int(config["bootstrap_samples"]), int(config.get("seed", 0))
-    lines = findings(results, combined["ranks"], n_boot=n_boot, seed=seed)
+    # Post-processed rows have their own table and findings; everything else reads `none`.
+    all_results, all_stress = results, stress
+    results = results[results["postproc"].astype(str) == "none"]
+    if stress is not None:
+        stress = stress[stress["postproc"].astype(str) == "none"]
+    lines = findings(results, combined["ranks"]["none"], n_boot=n_boot, seed=seed)
+    pp_lines = postproc_findings(all_results, combined["ranks"], n_boot=n_boot, seed=seed)
+    postproc = {key(r): r["postproc"] for r in records if r.get("postproc")}
     stress_lines: list[str] = []
     if stress is not None:
         from tvrbench.bench.stress import stress_findings
@@ -219,6 +246,10 @@ def write_outputs(
         "published": published_numbers(records) if not synthetic else {},
         "published_methods": [] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
         "ablation_baselines": class_attribute(records, "ABLATION_BASELINES"),
+        "postproc_results": all_results,
+        "postproc_stress": all_stress,
+        "postproc_findings": pp_lines,
+        "postproc": postproc,
         "run_costs": {
             key(r): {
                 k: r.get(k)
@@ -245,7 +276,10 @@ def write_outputs(
             "environment": env,
             "data_summary": data_summary,
             "findings": lines,
+            "postproc_findings": pp_lines,
             "stress_findings": stress_lines,
+            # Per (method, seed): post-processings, their parameters, QB-Norm's bank and size.
+            "postproc": postproc,
             "methods": {
                 key(r): {k: v for k, v in r.items() if k not in ("ranks", "stress_ranks")}
                 for r in records
@@ -255,7 +289,8 @@ def write_outputs(
             "stress": stress_rows,
         },
     )
-    print("\n".join(["", f"- {variance}", *(f"- {s}" for s in [*lines, *stress_lines]), ""]))
+    printed = [*lines, *pp_lines, *stress_lines]
+    print("\n".join(["", f"- {variance}", *(f"- {s}" for s in printed), ""]))
     for name, reason in skipped.items():
         print(f"SKIPPED {name}: {reason}")
     if synthetic:

@@ -234,6 +234,7 @@ def findings(
     ranks: RanksBySeed | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    costs: bool = True,
 ) -> list[str]:
     """Sentences computed from a results table.
 
@@ -247,6 +248,7 @@ def findings(
             methods; without it they pair by position). The one-seed layout ``{method:
             {"ranks_t2v": ..., ...}}`` is accepted too. Enables the paired bootstrap.
         n_boot, seed: resamples and resampling seed of the paired bootstrap.
+        costs: add the accuracy-per-GFLOP sentence.
 
     Returns:
         Markdown sentences; the first says whether training variance was measured.
@@ -288,7 +290,7 @@ def findings(
     # Accuracy per GFLOP, overall.
     cost_cols = ["gflops_text", "gflops_video", "gflops_pair"]
     overall = headline[headline["bucket"].astype(str) == "all"]
-    if len(overall) and all(c in overall for c in cost_cols):
+    if costs and len(overall) and all(c in overall for c in cost_cols):
         cost = overall[cost_cols].sum(axis=1)
         per = (overall[METRIC] / cost).where(cost > 0)
         parts = [
@@ -554,6 +556,141 @@ def _ablation_section(
     return lines
 
 
+# ------------------------------------------------------------------------ post-processing
+
+#: What post-processing each method's published DiDeMo number (``PUBLISHED_DIDEMO_T2V``) used,
+#: from the papers and the released evaluation code (../shared/POSTPROC.md, Sources).
+PUBLISHED_POSTPROC = {
+    "meanp": "none (CLIP4Clip's released code has no DSL or QB-Norm)",
+    "xclip": "none (X-CLIP's released code has no DSL or QB-Norm)",
+    "glscl": (
+        "none (the released code inherits QB-Norm from DiCoSA but comments the calls out; the "
+        "paper's 'with QB-Norm' row is MSR-VTT only and cannot come from that code)"
+    ),
+}
+POSTPROC_ELSEWHERE = (
+    "Elsewhere in the literature: CAMoE and TS2-Net report DSL numbers, EMCL logs them as "
+    "'inverted softmax', DiCoSA's metrics are computed on QB-Norm matrices only; CenterCLIP has "
+    "DSL commented out. Such numbers belong in the DSL / QB-Norm columns, not in `none`."
+)
+
+
+def postproc_findings(
+    results: pd.DataFrame,
+    ranks: Mapping[str, RanksBySeed] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+) -> list[str]:
+    """The overall winner and lowest-mean-rank findings (:func:`findings`, same tests) of every
+    post-processing other than ``none``, each prefixed ``[DSL]`` / ``[QB-Norm]`` (the per-bucket
+    numbers are in the report's post-processing table). ``results`` has a ``postproc`` column;
+    ``ranks``: ``{postproc: ranks}``."""
+    from tvrbench.bench.postproc import label
+
+    if "postproc" not in results:
+        return []
+    out: list[str] = []
+    for pp in dict.fromkeys(results["postproc"].astype(str)):
+        if pp == "none":
+            continue
+        rows = results[results["postproc"].astype(str) == pp]
+        lines = findings(rows, (ranks or {}).get(pp), n_boot=n_boot, seed=seed, costs=False)
+        kept = [ln for ln in lines if ln.startswith(("**overall**", "**lowest t2v mean rank**"))]
+        out += [f"[{label(pp)}] {line}" for line in kept]
+    return out
+
+
+def _postproc_cells(table: pd.DataFrame, group: str, methods: Sequence[str]) -> list[list[str]]:
+    """One row per method × ``group`` value: ``t2v R@1 / MnR`` per post-processing."""
+    headline = summary_rows(table).assign(_group=lambda d: d[group].astype(str))
+    by = {(str(r["method"]), r["_group"], str(r["postproc"])): r for _, r in headline.iterrows()}
+    rows = []
+    for method in dict.fromkeys(headline["method"].astype(str)):
+        for value in dict.fromkeys(headline["_group"]):
+            cells = []
+            for pp in methods:
+                r = by.get((method, value, pp))
+                cells.append(
+                    "–" if r is None else f"{_fmt(r.get(METRIC))} / {_fmt(r.get('t2v_MnR'))}"
+                )
+            if any(c != "–" for c in cells):
+                rows.append([method, value, *cells])
+    return rows
+
+
+def _postproc_section(info: Mapping[str, Any]) -> list[str]:
+    """The compact table "t2v R@1 / MnR: none | DSL | QB-Norm" per method (overall and per
+    length bucket; per injected length too), the settings and which published numbers used
+    which. Empty when only ``none`` ran."""
+    from tvrbench.bench.postproc import label
+    from tvrbench.postproc import POSTPROC_METHODS
+
+    results = info.get("postproc_results")
+    if results is None or "postproc" not in results or not len(results):
+        return []
+    methods = [m for m in POSTPROC_METHODS if m in set(results["postproc"].astype(str))]
+    if methods == ["none"]:
+        return []
+    header_pp = [label(m) for m in methods]
+    lines = [
+        "## Post-processing: none | DSL | QB-Norm",
+        "",
+        "Test-time re-scorings of the same similarity matrix (no retraining), reported apart: "
+        f"t2v R@1 / MnR per method and bucket{' (seed means)' if count_seeds(results) > 1 else ''}"
+        "; intervals in results.csv (`postproc` column).",
+    ]
+    settings = next(iter((info.get("postproc") or {}).values()), None) or {}
+    if settings.get("dsl"):
+        d = settings["dsl"]
+        lines.append(
+            f"- **DSL** (dual softmax, λ = {_fmt(d.get('inverse_temperature'), 0)} on the cosine "
+            "scale; t2v prior over the texts, v2t over the videos): **transductive** — each "
+            "query's score depends on every other test query; it cannot serve a single query."
+        )
+    if settings.get("qbnorm"):
+        q = settings["qbnorm"]
+        sizes = sorted(
+            {
+                str(s["qbnorm"].get("bank_queries"))
+                for s in (info.get("postproc") or {}).values()
+                if s.get("qbnorm")
+            }
+        )
+        lines.append(
+            f"- **QB-Norm** (dynamic inverted softmax, β = {_fmt(q.get('beta'), 0)}, "
+            f"k = {q.get('k')}, θ = {q.get('theta')}, cosine scale): bank = "
+            f"{q.get('bank_source')}; {' / '.join(sizes)} bank queries (cap "
+            f"{q.get('bank_max_queries')}); v2t banks the same training videos. Uses extra "
+            "data at test time."
+        )
+    published = {m: PUBLISHED_POSTPROC[m] for m in info.get("published_methods") or ()}
+    published = published or PUBLISHED_POSTPROC
+    lines.append(
+        "- Published DiDeMo numbers quoted by this suite: "
+        + "; ".join(f"{m}: {v}" for m, v in published.items())
+        + f". {POSTPROC_ELSEWHERE}"
+    )
+    lines += [
+        "",
+        markdown_table(
+            _postproc_cells(results, "bucket", methods), ["method", "bucket", *header_pp]
+        ),
+        "",
+    ]
+    stress = info.get("postproc_stress")
+    if stress is not None and "postproc" in stress and len(stress):
+        lines += [
+            "Controlled length (t2v R@1 / MnR per injected length):",
+            "",
+            markdown_table(
+                _postproc_cells(stress, "injected_length_s", methods),
+                ["method", "injected s", *header_pp],
+            ),
+            "",
+        ]
+    return lines
+
+
 def _run_cost_section(costs: Mapping[str, Mapping[str, Any]] | None) -> list[str]:
     """Epochs, training and whole-method wall time, peak RSS of every (method, seed)."""
     if not costs:
@@ -775,6 +912,13 @@ def render_report(
     if several:
         lines += ["Costs are means over seeds.", ""]
     lines += [markdown_table(rows, header), ""]
+    lines += [
+        "GFLOPs pair is the suite's fast form at this run's sizes. The heads' cost at the "
+        "published MSR-VTT 1k-A protocol (and DiDeMo's), official forward and fast form next to "
+        "GLSCL's Table I with the reason for every difference: "
+        "`benchmarks/results/efficiency-published.csv` (`make bench-efficiency`).",
+        "",
+    ]
     if gallery is not None and len(gallery):
         lines += ["## Retrieval time per query versus gallery size", ""]
         pivot = gallery.pivot_table(index="method", columns="gallery_size", values="ms_per_query")
@@ -794,6 +938,7 @@ def render_report(
                     f"matmul rate: {', '.join(parts)}.",
                     "",
                 ]
+    lines += _postproc_section(info)
     lines += _ablation_section(results, info.get("ablation_baselines"))
     lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
     lines += _published_section(info.get("published") or {}, info.get("published_methods") or ())

@@ -52,6 +52,7 @@ __all__ = ["BenchConfigError", "config_hash", "main", "run_bench", "split_method
 
 DEFAULT_METHODS = ["meanp", "xpool", "centerclip", "xclip", "glscl", "glccl"]
 DEFAULT_GALLERY_SIZES = [100, 1000, 10000, 100000]
+DEFAULT_POSTPROC = ["none", "dsl", "qbnorm"]
 
 
 def run_bench(
@@ -89,6 +90,8 @@ def run_bench(
     distractor_split: str = "val",
     placement: str = "random",
     stress_gallery: int | None = None,
+    postproc: list[str] = DEFAULT_POSTPROC,
+    bank_max_queries: int | None = 1000,
     launcher: LauncherSettings | str = "none",
     no_wait: bool = False,
 ) -> Path:
@@ -124,6 +127,11 @@ def run_bench(
         distractor_split, placement: where distractor seconds come from and where the video sits.
         stress_gallery: evaluate the controlled-length protocol on the first N test videos only
             (None: the whole test split); recorded in stress.csv and the report.
+        postproc: inference-time post-processings reported as separate rows (``postproc``
+            column): ``none`` (always), ``dsl`` (dual softmax, transductive), ``qbnorm``
+            (QB-Norm; its bank: the training split encoded by each tested checkpoint).
+        bank_max_queries: QB-Norm bank size cap (a seeded sample of training videos; None: the
+            whole split); the count is recorded in results.json.
         launcher: ``none`` | ``local`` | ``slurm`` or a :class:`LauncherSettings` section
             (SLURM resources): where every (method, seed) runs.
         no_wait: with ``launcher: slurm``, return once the jobs are submitted; the same command
@@ -146,7 +154,9 @@ def run_bench(
     from tvrbench.bench import starting_point
     from tvrbench.bench.environment import collect_environment
     from tvrbench.bench.outputs import record_path, write_outputs, write_record
+    from tvrbench.bench.postproc import postproc_from_config
     from tvrbench.device import resolve_device
+    from tvrbench.postproc import PostprocError
 
     method_names = split_methods(methods)
     seed_values = seed_list(seeds, seed)
@@ -218,6 +228,11 @@ def run_bench(
     # Resolve every run before any work: a bad method config fails in one line, up front.
     for m in method_names:
         spec_for(m, seed_values[0], clip_checkpoint)
+    try:
+        postproc_settings = postproc_from_config(config)
+    except PostprocError as err:
+        raise BenchConfigError(str(err)) from err
+    config["postproc"] = postproc_settings.methods if postproc_settings else ["none"]
     stress_settings = None
     if stress:
         from tvrbench.bench.stress import settings_from_config
@@ -253,6 +268,7 @@ def run_bench(
             "gallery_max_mb": gallery_max_mb,
             "matmul_gflops_per_s": env.get("matmul_gflops_per_s"),
             "seed": seed,
+            "postproc": postproc_settings,
         }
         if settings.kind != "none":
             _run_as_jobs(

@@ -30,6 +30,14 @@ import pandas as pd
 import torch
 
 from tvrbench.bench.measure import SAMPLE_KEYS, CostMeter, TestCapture, bucket_rows, rank_record
+from tvrbench.bench.postproc import (
+    PostprocSettings,
+    QueryBank,
+    encode_query_bank,
+    postproc_from_config,
+    postproc_variants,
+    with_postproc_ranks,
+)
 from tvrbench.data.stress import (
     DIDEMO_INJECTED_LENGTHS_S,
     SYNTHETIC_INJECTED_LENGTHS_S,
@@ -51,6 +59,7 @@ class StressSettings:
         bootstrap_samples: resamples of the query-bootstrap intervals.
         latency_repeats, latency_warmup: of the latency measurements.
         progress: show the evaluation progress bar.
+        postproc: post-processings reported besides ``none`` (one row each per length).
     """
 
     injected_lengths_s: list[float]
@@ -62,6 +71,7 @@ class StressSettings:
     latency_repeats: int = 20
     latency_warmup: int = 3
     progress: bool = True
+    postproc: PostprocSettings | None = None
 
     @staticmethod
     def default_lengths(synthetic: bool) -> list[float]:
@@ -112,6 +122,7 @@ def evaluate_lengths(
     device: torch.device,
     precision: Any = "32-true",
     lengths: Sequence[float] | None = None,
+    bank: QueryBank | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Evaluate a tested module at every injected length.
 
@@ -125,15 +136,18 @@ def evaluate_lengths(
         precision: the training trainer's precision (towers under the same autocast; states,
             similarities and ranks are float32 whatever it is).
         lengths: the lengths to evaluate (default: ``settings.injected_lengths_s``).
+        bank: QB-Norm's query bank (encoded here when ``settings.postproc`` needs one).
 
     Returns:
-        ``(rows, ranks)``: one row per length (metrics with intervals, ``mean_relevant_fraction``,
-        ``mean_relevant_frames``, ``mean_frames``, costs at the composed frame count, the
-        settings) and ``{length_key(T): rank record}``.
+        ``(rows, ranks)``: one row per length and post-processing (metrics with intervals,
+        ``mean_relevant_fraction``, ``mean_relevant_frames``, ``mean_frames``, costs at the
+        composed frame count, the settings) and ``{length_key(T): rank record}``.
     """
     rows: list[dict[str, Any]] = []
     ranks: dict[str, Any] = {}
     meter: CostMeter | None = None
+    if bank is None and settings.postproc is not None and settings.postproc.needs_bank:
+        bank = encode_query_bank(module, datamodule, settings.postproc, device, precision)
     for t in settings.injected_lengths_s if lengths is None else lengths:
         t = float(t)
         stress_dm = StressDataModule(
@@ -154,24 +168,27 @@ def evaluate_lengths(
                 module, sample, device, settings.latency_repeats, settings.latency_warmup
             )
         q_lat = meter.query(ev["video_state"])
-        (all_row,) = [
-            r
-            for r in bucket_rows(
-                ev, capture, meter, settings.bootstrap_samples, settings.seed, q_lat
-            )
-            if r["bucket"] == "all"
-        ]
-        all_row.pop("bucket")
         summary = stress_dm.summary()
-        rows.append(
-            {
-                "injected_length_s": t,
-                **all_row,
-                "lengthened_videos": summary["lengthened_videos"],
-                **settings.columns(),
-            }
-        )
-        ranks[length_key(t)] = rank_record(ev)
+        variants = postproc_variants(module, ev, settings.postproc, bank)  # {postproc: eval}
+        for name, variant in variants.items():
+            (all_row,) = [
+                r
+                for r in bucket_rows(
+                    variant, capture, meter, settings.bootstrap_samples, settings.seed, q_lat
+                )
+                if r["bucket"] == "all"
+            ]
+            all_row.pop("bucket")
+            rows.append(
+                {
+                    "injected_length_s": t,
+                    "postproc": name,
+                    **all_row,
+                    "lengthened_videos": summary["lengthened_videos"],
+                    **settings.columns(),
+                }
+            )
+        ranks[length_key(t)] = with_postproc_ranks(rank_record(ev), variants)
     return rows, ranks
 
 
@@ -349,6 +366,7 @@ def settings_from_config(config: dict[str, Any], synthetic: bool) -> StressSetti
         bootstrap_samples=int(config.get("bootstrap_samples", 1000)),
         latency_repeats=int(config.get("latency_repeats", 20)),
         latency_warmup=int(config.get("latency_warmup", 3)),
+        postproc=postproc_from_config(config),
     )
 
 
