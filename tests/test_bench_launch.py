@@ -354,7 +354,7 @@ def test_ddp_child_ignores_parent_slurm_and_rank_variables(tmp_path, monkeypatch
     assert main(argv) == 0
     run = run_dir_of(tmp_path / "out")
     record = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())
-    assert record["world_size"] == 2
+    assert record["recipe"]["world_size"] == 2
     assert record["epochs_trained"] == 1  # from the child's last checkpoint, not 0
     assert not any("max_time" in note for note in record["notes"])
     curves = pd.read_csv(run / "logs" / "meanp" / "seed0" / "metrics.csv")

@@ -276,24 +276,19 @@ class RunSpec:
 
 
 def training_world_size(trainer: dict[str, Any]) -> int:
-    """Processes a trainer config trains with: devices per node × ``num_nodes``, with devices
-    counted as Lightning counts them (an int, a list of ids, ``"0,1"``, or ``"auto"``/``-1`` =
-    every visible accelerator — CUDA devices, one CPU process)."""
-    import torch
-
+    """Processes a trainer config trains with: devices per node × ``num_nodes``. An explicit
+    count or list is taken as given (the host that trains checks it against its devices: a
+    SLURM job's node, not the submitting one); ``"auto"``, ``-1`` and strings are resolved by
+    Lightning's own parsing here (:func:`tvrbench.bench.launch.training_layout`)."""
     devices = trainer.get("devices", "auto")
     nodes = int(trainer.get("num_nodes", 1) or 1)
-    if isinstance(devices, (list, tuple)):
-        count = len(devices)
-    elif isinstance(devices, str) and devices not in ("auto", "-1"):
-        parts = [d for d in devices.split(",") if d.strip()]
-        count = len(parts) if "," in devices else int(devices)
-    elif devices in ("auto", -1, "-1"):
-        gpu = str(trainer.get("accelerator", "auto")) in ("gpu", "cuda", "auto")
-        count = torch.cuda.device_count() if gpu and torch.cuda.is_available() else 1
-    else:
-        count = int(devices)
-    return max(1, count) * nodes
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
+        return devices * nodes
+    if isinstance(devices, (list, tuple)) and devices:
+        return len(devices) * nodes
+    from tvrbench.bench.launch import training_layout
+
+    return training_layout(trainer).world_size
 
 
 def batch_split_record(global_batch_size: int | None, trainer: dict[str, Any]) -> dict[str, Any]:

@@ -332,7 +332,6 @@ def run_method(
         "train_seconds": train_s,
         # Resolved in this process's fit (None: trained in a DDP child or not trained here).
         "activation_checkpointing": getattr(module, "activation_checkpointing_used", None),
-        "world_size": training_layout(config["trainer"]).world_size if distributed else 1,
         "cost_device": f"{device.type} ({device_name(device)})",
         "threads": torch.get_num_threads(),
         "notes": notes,
