@@ -24,7 +24,7 @@ from tvrbench.data.stress import (
     source_frames,
     stress_dataloader,
 )
-from tvrbench.data.video import SamplingConfig, sample_times
+from tvrbench.data.video import SamplingConfig, full_grid_sampling, sample_times
 
 CONTRACT_KEYS = (
     "input_ids",
@@ -310,16 +310,22 @@ def test_full_grids_decoded_once_for_every_length(
 
     monkeypatch.setattr(video_lib, "decode_video", counting)
     dm = _dm(coded_didemo, tiny_tokenizer_dir, tmp_path / "cache", 4)
+    dm.setup_split("test")
+    dm.setup_split("val")
+    # clip_seconds None: the set-up decodes every video once, as its full grid
+    assert calls and len(calls) == len(set(calls))
+    thinned = [d for d in dm.dataset("test").durations_s if d > 4.5]
+    assert thinned  # videos > 4 s are thinned to 4 frames: the stress needs their full grid
     calls.clear()
-    first = StressTestSet(dm, 30.0)
-    [first[i] for i in range(len(first))]
-    # thinned videos (> 4 s) need their full grid: decoded once each, then cached
-    assert 0 < len(calls) == len(set(calls))
-    calls.clear()
-    for length_s in (45.0, 90.0):
+    for length_s in (30.0, 45.0, 90.0):
         ds = StressTestSet(dm, length_s, seed=1)
         [ds[i] for i in range(len(ds))]
-    assert calls == []
+    assert calls == []  # every full grid came from the set-up's decode
+    # ... and it is the grid a direct decode gives
+    store = source_frames(dm)
+    for i, v in enumerate(dm.dataset("test").videos):
+        direct = real(v.path, full_grid_sampling(dm.sampling), dm.reader).frames
+        np.testing.assert_array_equal(store.get("test", i), direct)
 
 
 def test_summary(wide):
@@ -356,3 +362,63 @@ def test_batches_and_stress_datamodule_under_trainer_test(wide):
     (metrics,) = trainer.test(module, datamodule=sdm, verbose=False)
     assert metrics["test/n_queries"] == 3
     assert module.last_eval["bucket_names"] == wide.bucket_names("test")
+
+
+def test_every_length_evaluated_when_each_test_moves_the_module_away(wide, monkeypatch):
+    """Lightning's strategy teardown moves the module off the measuring device after every
+    ``trainer.test`` (CUDA → CPU). Emulated on CPU: after each test the module goes to
+    float64, where float32 inputs cannot meet it. Every length must still be evaluated and
+    measured — the module is placed before each use, not once."""
+    import lightning as L
+
+    from baselines.meanp import MeanPModule
+    from tvrbench.bench import stress as bench_stress
+    from tvrbench.bench.stress import StressSettings, evaluate_lengths
+
+    moved: list[str] = []
+
+    class MoveAwayAtTeardown(L.Callback):
+        def teardown(self, trainer, pl_module, stage):
+            pl_module.to(torch.float64)
+            moved.append(stage)
+
+    real_trainer = bench_stress._test_trainer
+
+    def trainer_that_moves_away(*args, **kwargs):
+        trainer = real_trainer(*args, **kwargs)
+        trainer.callbacks.append(MoveAwayAtTeardown())
+        return trainer
+
+    monkeypatch.setattr(bench_stress, "_test_trainer", trainer_that_moves_away)
+    # Every measurement must find the module back where it measures (float32 here; on CUDA,
+    # the device): a float64 module would run silently (CLIP casts its inputs), so check it.
+    from tvrbench.bench import measure
+
+    placements: list[torch.dtype] = []
+
+    def checked(fn):
+        def run(module, *args, **kwargs):
+            placements.append(next(module.parameters()).dtype)
+            return fn(module, *args, **kwargs)
+
+        return run
+
+    for name in ("method_flops", "video_latency", "query_latency"):
+        monkeypatch.setattr(measure, name, checked(getattr(measure, name)))
+    torch.manual_seed(0)
+    module = MeanPModule(clip="tiny")
+    sample = next(iter(wide.test_dataloader()))
+    sample = {k: sample[k][:1] for k in ("input_ids", "attention_mask", "frames", "frame_mask")}
+    settings = StressSettings(
+        [0.0, 20.0, 40.0], bootstrap_samples=10, latency_repeats=1, latency_warmup=0, progress=False
+    )
+    rows, ranks = evaluate_lengths(module, wide, sample, settings, torch.device("cpu"))
+    assert [r["injected_length_s"] for r in rows if r.get("postproc", "none") == "none"] == [
+        0.0,
+        20.0,
+        40.0,
+    ]
+    assert all(r["latency_video_ms"] > 0 and r["gflops_video"] > 0 for r in rows)
+    assert len(ranks) == 3
+    assert moved == ["test"] * 3  # it really was moved away after every test
+    assert placements and set(placements) == {torch.float32}

@@ -22,6 +22,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
+#: What results.json states about precision (the README's "Precision" section says the same).
+PRECISION_STORY = (
+    "CLIP towers under the trainer's autocast (bf16-mixed: bf16 matmuls, float32 weights); "
+    "every head (pooling, temporal encoder, decoder, k-medoids, Gram matrices), score, logit "
+    "and loss in float32 outside autocast, for every method, as the official code runs them; "
+    "evaluation similarities and ranks in float32; float32 matmuls at "
+    "float32_matmul_precision (environment; highest = no TF32); latencies timed under the "
+    "training precision (latency_precision), FLOPs counted as multiply-adds whatever the dtype"
+)
+
 #: Trainer precisions under which the CLIP towers run in autocast, and the autocast dtype.
 AUTOCAST_DTYPES = {
     "bf16-mixed": torch.bfloat16,

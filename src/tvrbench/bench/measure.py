@@ -25,6 +25,7 @@ from tvrbench.bench.postproc import (
     with_postproc_ranks,
 )
 from tvrbench.metrics import bootstrap_ci, summarize_ranks
+from tvrbench.precision import precision_label, tower_autocast
 
 METRIC_KEYS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
 SAMPLE_KEYS = ("input_ids", "attention_mask", "frames", "frame_mask")
@@ -91,13 +92,27 @@ def metric_columns(
     return row
 
 
+def placed(module, device: torch.device):
+    """``module`` in eval mode on ``device``, ready to measure.
+
+    Called before EVERY use, never once: Lightning's strategy teardown moves a module back to
+    the CPU at the end of each ``trainer.test``, so a module placed once is elsewhere after the
+    next test (the controlled-length protocol runs one test per injected length). Parameters
+    are float32 (``module.float()``), as mixed-precision training keeps them.
+    """
+    return module.to(device=device).float().eval()
+
+
 class CostMeter:
     """GFLOPs and latency of one module at given frame counts (cached per count).
 
     Args:
-        module: a tested :class:`~tvrbench.retrieval.RetrievalModule` (put in eval mode here).
+        module: a tested :class:`~tvrbench.retrieval.RetrievalModule`.
         sample: one test row (``input_ids``, ``attention_mask``, ``frames``, ``frame_mask``).
         device: where every cost is measured (one device).
+        precision: the trainer precision that produced the accuracy: latencies are timed under
+            the same tower autocast (``latency_precision`` says which); FLOPs are counted in
+            float32 (a multiply-add is one whatever its dtype).
     """
 
     def __init__(
@@ -107,37 +122,47 @@ class CostMeter:
         device: torch.device,
         repeats: int,
         warmup: int,
+        precision: Any = "32-true",
     ) -> None:
-        self.module = module.eval().to(device)
+        self.module = module
         self.device = device
         # Clones: tensors captured under trainer.test are inference tensors, unusable by tracers.
         self.sample = {k: v.clone().to(device) for k, v in sample.items()}
         self.repeats, self.warmup = repeats, warmup
+        self.precision = precision
         self._per_frames: dict[int, dict[str, Any]] = {}
 
+    def _autocast(self):
+        return tower_autocast(self.precision, self.device.type)
+
     @torch.no_grad()
-    def at(self, n_frames: int) -> dict[str, float]:
+    def at(self, n_frames: int) -> dict[str, Any]:
         """Cost columns of one video of ``n_frames`` real frames."""
         if n_frames not in self._per_frames:
+            module = placed(self.module, self.device)
             frames, mask = frames_at(self.sample, n_frames)
             frames, mask = frames.to(self.device), mask.to(self.device)
             ids, am = self.sample["input_ids"], self.sample["attention_mask"]
-            flops = method_flops(self.module, ids, am, frames, mask)
-            lat = video_latency(self.module, frames, mask, self.repeats, self.warmup)
+            flops = method_flops(module, ids, am, frames, mask)
+            with self._autocast():
+                lat = video_latency(module, frames, mask, self.repeats, self.warmup)
             self._per_frames[n_frames] = {
                 "flops_frames": n_frames,
                 **flops,
                 "latency_video_ms": lat["median_ms"],
                 "latency_video_p90_ms": lat["p90_ms"],
+                "latency_precision": precision_label(self.precision),
             }
         return dict(self._per_frames[n_frames])
 
     @torch.no_grad()
     def query(self, gallery: dict[str, torch.Tensor]) -> dict[str, Any]:
         """Latency of one query (encode the text, score it against ``gallery``)."""
+        module = placed(self.module, self.device)
         gallery = {k: v.clone().to(self.device) for k, v in gallery.items()}
         ids, am = self.sample["input_ids"], self.sample["attention_mask"]
-        return query_latency(self.module, ids, am, gallery, self.repeats, self.warmup)
+        with self._autocast():
+            return query_latency(module, ids, am, gallery, self.repeats, self.warmup)
 
 
 def bucket_rows(
@@ -212,6 +237,7 @@ def measure_tested(
     seed: int,
     postproc: PostprocSettings | None = None,
     bank: QueryBank | None = None,
+    precision: Any = "32-true",
 ) -> dict[str, Any]:
     """Rows (per bucket + ``all``, once per post-processing of ``postproc``; ``bank``:
     QB-Norm's query bank), gallery timings and ranks of a tested module."""
@@ -221,7 +247,10 @@ def measure_tested(
     gallery = ev.get("video_state") or {}
     if capture.sample is None or not gallery:
         raise RuntimeError("no test batch was captured (empty test split?)")
-    meter = CostMeter(module, capture.sample, device, latency_repeats, latency_warmup)
+    # ``precision``: the trainer's; latencies are timed under its tower autocast (CostMeter).
+    meter = CostMeter(
+        module, capture.sample, device, latency_repeats, latency_warmup, precision=precision
+    )
     q_lat = meter.query(gallery)
     variants = postproc_variants(module, ev, postproc, bank)  # {postproc: evaluation}
     rows = [
@@ -231,6 +260,7 @@ def measure_tested(
     ]
     gallery_state = {k: v.clone().to(device) for k, v in gallery.items()}
     ids, am = meter.sample["input_ids"], meter.sample["attention_mask"]
+    module = placed(module, device)
     text_state = module.encode_text(ids, am)
     pair_gflops = count_pair_flops(module.head, text_state, gallery_state) / 1e9
     timings = gallery_cost(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tvrbench.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from tvrbench.precision import PRECISION_STORY
 
 METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
 METRIC_COLUMNS = [f"{d}_{k}" for d in ("t2v", "v2t") for k in METRICS]
@@ -260,6 +261,8 @@ def write_outputs(
         },
     }
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
+    from tvrbench.data.manifest import manifest_record
+
     atomic_write_json(
         run_dir / "results.json",
         {
@@ -274,7 +277,10 @@ def write_outputs(
             "config": config,
             "recipes": recipes,
             "environment": env,
+            "precision_story": PRECISION_STORY,
             "data_summary": data_summary,
+            # manifest.csv (every video: size, SHA-256, duration, status) and its hash.
+            "data_manifest": manifest_record(run_dir / "manifest.csv"),
             "findings": lines,
             "postproc_findings": pp_lines,
             "stress_findings": stress_lines,

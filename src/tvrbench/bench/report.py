@@ -734,7 +734,8 @@ def _recipe_table(recipes: Mapping[str, Any] | None) -> list[str]:
         ("gradient_clip_val", "grad-clip"),
         ("precision", "precision"),
         ("max_epochs", "epochs"),
-        ("batch_size", "batch"),
+        ("global_batch_size", "global batch"),
+        ("per_device_batch_size", "per-device batch"),
         ("devices", "devices"),
         ("num_nodes", "nodes"),
         ("strategy", "strategy"),
@@ -808,12 +809,16 @@ def render_report(
         f"- data: {info.get('data')} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
         f"clip_seconds: {' / '.join(clip_seconds)} (None = whole videos), backbone: "
         f"{cfg.get('clip')}",
-        f"- training precision: {' / '.join(precisions) or 'not recorded'}; evaluation: "
-        "states, similarities and ranks in float32",
+        f"- training precision: {' / '.join(precisions) or 'not recorded'} (CLIP towers only; "
+        "every head, score, logit and loss in float32); evaluation: states, similarities and "
+        f"ranks in float32; float32 matmul precision "
+        f"{env.get('float32_matmul_precision', 'not recorded')} (TF32: "
+        f"{'on' if env.get('cuda_matmul_allow_tf32') else 'off'}); latencies timed in the "
+        "training precision",
         f"- device: {env.get('device')} ({env.get('device_name')}), dtype {env.get('dtype')}, "
         f"{env.get('threads')} threads; dense matmul {_fmt(env.get('matmul_gflops_per_s'))} "
-        "GFLOP/s (1 FLOP = 1 multiply-add); FLOPs and latencies measured on this one device, "
-        "whatever the training used",
+        f"GFLOP/s at {env.get('matmul_probe_size', 1024)}² (1 FLOP = 1 multiply-add); FLOPs and "
+        "latencies measured on this one device, whatever the training used",
     ]
     if env.get("cpu_model") or gpu:
         lines.append(f"- CPU: {env.get('cpu_model') or 'unknown'}{gpu}")

@@ -94,6 +94,7 @@ def run_bench(
     bank_max_queries: int | None = 1000,
     launcher: LauncherSettings | str = "none",
     no_wait: bool = False,
+    float32_matmul_precision: str = "highest",
 ) -> Path:
     """Run the benchmark; returns the run folder.
 
@@ -136,11 +137,19 @@ def run_bench(
             (SLURM resources): where every (method, seed) runs.
         no_wait: with ``launcher: slurm``, return once the jobs are submitted; the same command
             run later collects the records (and waits for jobs still queued or running).
+        float32_matmul_precision: ``highest`` (true float32: evaluation, similarities, ranks and
+            every float32 matmul of training), ``high`` or ``medium`` (TF32/bf16 passes on
+            Ampere/Hopper); set in this process and in every training process, and recorded.
     """
     config = dict(locals())
     from tvrbench.bench.launch import refuse_multi_task_start, slurm_trainer_layout
+    from tvrbench.precision import set_float32_precision
 
     refuse_multi_task_start()
+    try:
+        set_float32_precision(float32_matmul_precision)
+    except ValueError as err:
+        raise BenchConfigError(str(err)) from err
     settings = LauncherSettings.from_config(launcher)
     config["launcher"] = dict(settings.__dict__)
     if protocol not in PROTOCOLS:
@@ -214,7 +223,7 @@ def run_bench(
             "data": bench_data,
             "trainer": {"accelerator": accelerator},
         }
-        return resolve_run(
+        spec = resolve_run(
             method,
             run_seed,
             recipe=recipe_cfg,
@@ -224,6 +233,9 @@ def run_bench(
             bench=bench,
             overrides=overrides,
         )
+        # Training processes (`tvrbench fit`) set the same float32 matmul precision.
+        spec.config["float32_matmul_precision"] = float32_matmul_precision
+        return spec
 
     # Resolve every run before any work: a bad method config fails in one line, up front.
     for m in method_names:
@@ -410,6 +422,11 @@ class _SharedData:
         unique = list({json_key(r): r for r in bad}.values())
         atomic_write_csv(run_dir / "bad_videos.csv", unique, BAD_VIDEO_COLUMNS)
         atomic_write_json(run_dir / "data_summary.json", summary)
+        from tvrbench.data.manifest import datamodule_manifest
+
+        for dm in self._by_key.values():  # manifest.csv: the first DataModule with video files
+            if datamodule_manifest(dm, run_dir / "manifest.csv") is not None:
+                break
 
 
 def json_key(row: dict[str, Any]) -> str:

@@ -164,8 +164,15 @@ def evaluate_lengths(
         trainer.test(module, datamodule=stress_dm, verbose=False)
         ev = module.last_eval
         if meter is None:
+            # The meter places the module on `device` before every measurement: this test
+            # just moved it back to the CPU (Lightning's teardown), and the next one will too.
             meter = CostMeter(
-                module, sample, device, settings.latency_repeats, settings.latency_warmup
+                module,
+                sample,
+                device,
+                settings.latency_repeats,
+                settings.latency_warmup,
+                precision=precision,
             )
         q_lat = meter.query(ev["video_state"])
         summary = stress_dm.summary()
