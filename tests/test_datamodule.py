@@ -48,6 +48,8 @@ def counting_decode(monkeypatch):
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(video_lib, "decode_video", counting)
+    # decode in this process, where the calls are seen (the pool would take every CPU)
+    monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)
     return calls
 
 

@@ -309,6 +309,7 @@ def test_full_grids_decoded_once_for_every_length(
         return real(path, *args, **kwargs)
 
     monkeypatch.setattr(video_lib, "decode_video", counting)
+    monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)  # count in-process
     dm = _dm(coded_didemo, tiny_tokenizer_dir, tmp_path / "cache", 4)
     dm.setup_split("test")
     dm.setup_split("val")

@@ -30,6 +30,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "count videos, sentences, buckets",
     ),
     "prepare-videos": ("tvrbench.data.prepare:main", "re-encode videos to 3 fps / 224 px (ffmpeg)"),
+    "cache-frames": (
+        "tvrbench.data.cache_frames:main",
+        "decode a data config's videos into the frame cache (before GPU jobs; resumable)",
+    ),
 }
 
 

@@ -5,8 +5,10 @@ What happens at ``setup``, per split:
 1. annotations and split list are read (:func:`tvrbench.data.annotations.load_split`), listed
    videos without a file are counted as missing;
 2. every video is probed once through the frame cache (:class:`tvrbench.data.cache.FrameCache`),
-   decoding the misses in a process pool with a progress bar, so that durations (for the length
-   buckets) and unreadable files are known before training; unreadable files are skipped
+   decoding the misses in a process pool (every usable CPU) with a progress bar, so that
+   durations (for the length buckets) and unreadable files are known before training; under DDP
+   each rank decodes its share of the list (:func:`probe_sharded`; ``tvrbench cache-frames``
+   does all of it beforehand, on CPU machines); unreadable files are skipped
    (``on_bad_video="skip"``, listed in the ``bad_videos.csv`` manifest together with the missing
    ones) or stop the setup (``"error"``);
 3. the paragraphs are tokenised once (padded / truncated to ``max_words``);
@@ -30,6 +32,7 @@ import csv
 import hashlib
 import logging
 import os
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -101,6 +104,87 @@ def probe_videos(
                 bar.update()
         bar.close()
     return [info for info in infos if info is not None]
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+#: How long a rank may wait at the decode barrier. Every rank decodes its own shard, so the wait is
+#: only the imbalance between shards, but raw 720p DiDeMo takes hours to decode and one slow
+#: rank (long videos, a busy node) can lag far past torch.distributed's 30-minute default.
+DECODE_BARRIER_TIMEOUT_S = 6 * 3600
+
+_BARRIER_GROUPS: dict[int, Any] = {}
+
+
+def decode_barrier() -> None:
+    """Wait for every rank (no-op outside torch.distributed), with
+    :data:`DECODE_BARRIER_TIMEOUT_S` instead of the process group's default timeout.
+
+    A separate gloo group (created once, collectively, by the first call on every rank) carries
+    the barrier, so its timeout does not change the training group's, and it works over NCCL
+    and gloo alike.
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() <= 1:
+        return
+    from datetime import timedelta
+
+    group = _BARRIER_GROUPS.get(DECODE_BARRIER_TIMEOUT_S)
+    if group is None:
+        group = dist.new_group(backend="gloo", timeout=timedelta(seconds=DECODE_BARRIER_TIMEOUT_S))
+        _BARRIER_GROUPS[DECODE_BARRIER_TIMEOUT_S] = group
+    dist.barrier(group=group)
+
+
+@dataclass(frozen=True)
+class DecodeShard:
+    """Which part of a video list this process decodes (one process: all of it).
+
+    Attributes:
+        rank, world_size: global rank and number of processes.
+        local_rank, local_world_size: rank on this node and processes on this node.
+    """
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    local_world_size: int = 1
+
+
+def probe_sharded(
+    paths: list[Path],
+    sampling: SamplingConfig,
+    cache: FrameCache,
+    reader: str,
+    processes: int,
+    shard: DecodeShard,
+    desc: str = "probe",
+) -> list[VideoInfo]:
+    """:func:`probe_videos` with the decoding spread over the ranks; every rank returns every
+    video's info.
+
+    1. Rank ``r`` decodes ``paths[r::world_size]`` into the cache; :func:`decode_barrier`.
+    2. Entries still missing (a cache folder that is not shared between nodes) are split among
+       the ranks of each node the same way; barrier (instant when the cache is shared).
+    3. Every rank reads all infos from the cache (hits only).
+    """
+    if shard.world_size <= 1:
+        return probe_videos(paths, sampling, cache, reader, processes, desc=desc)
+    probe_videos(paths[shard.rank :: shard.world_size], sampling, cache, reader, processes, desc)
+    decode_barrier()
+    missing = [p for p in paths if cache.info(p, sampling) is None]
+    if missing:
+        mine = missing[shard.local_rank :: shard.local_world_size]
+        probe_videos(mine, sampling, cache, reader, processes, desc)
+    decode_barrier()
+    return probe_videos(paths, sampling, cache, reader, processes, desc=desc)
 
 
 def _start_methods() -> list[str]:
@@ -251,7 +335,8 @@ class DiDeMoDataModule(L.LightningDataModule):
         num_buckets: number of equal-count buckets when no edges are given.
         batch_size: training batch size.
         eval_batch_size: validation/test batch size (default ``batch_size``).
-        num_workers: DataLoader workers; also the probe pool size (0: ``os.cpu_count()``).
+        num_workers: DataLoader workers. Decoding at setup does not use it: its pool takes the
+            usable CPUs shared among the node's processes (:meth:`decode_processes`).
         train_limit, val_limit, test_limit: keep only the first videos of a split (smoke runs).
         seed: seed of the training shuffle.
         memory_limit_gb: keep a split's decoded frames in memory below this size.
@@ -348,25 +433,28 @@ class DiDeMoDataModule(L.LightningDataModule):
         if split not in self._datasets:
             self._setup_split(split)
 
-    def _processes(self) -> int:
-        return self.num_workers or os.cpu_count() or 1
+    def decode_processes(self) -> int:
+        """Size of the decode pool: the usable CPUs shared among the node's training processes
+        (each decodes its own shard at the same time), at least 1."""
+        trainer = self.trainer
+        local = int(getattr(trainer, "num_devices", 1) or 1) if trainer is not None else 1
+        return max(1, usable_cpus() // max(1, local))
 
     def _probe(self, paths: list[Path], split: str) -> list[VideoInfo]:
-        def run() -> list[VideoInfo]:
-            return probe_videos(
-                paths, self.sampling, self.cache, self.reader, self._processes(), desc=split
-            )
-
         trainer = self.trainer
-        if trainer is None or trainer.world_size <= 1:
-            return run()
-        # One rank per node decodes and fills the cache; the others then only read it.
-        if trainer.local_rank == 0:
-            infos = run()
-        trainer.strategy.barrier("tvrbench-probe")
-        if trainer.local_rank != 0:
-            infos = run()
-        return infos
+        shard = (
+            DecodeShard()
+            if trainer is None or trainer.world_size <= 1
+            else DecodeShard(
+                trainer.global_rank,
+                trainer.world_size,
+                trainer.local_rank,
+                int(getattr(trainer, "num_devices", 1) or 1),
+            )
+        )
+        return probe_sharded(
+            paths, self.sampling, self.cache, self.reader, self.decode_processes(), shard, split
+        )
 
     def _setup_split(self, split: str) -> None:
         ann = load_split(self.root, split, self.video_dir)

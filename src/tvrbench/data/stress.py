@@ -13,9 +13,11 @@ Frames. Everything is built from decoded frames, never by re-encoding: every sou
 decoded frame nearest to ``(k + 0.5) / sample_fps`` (what the decoder picks for that time), with
 no ``max_frames`` cap and no ``clip_seconds``. Where the data module's own frames are already that
 grid (no thinning, no clip: every synthetic video at the default 0.2 fps / 18 frames) they are
-used as they are (in memory or from the frame cache); otherwise the full grid is decoded once into
-the frame cache under its own key (:data:`FULL_GRID_MAX_FRAMES`) and read from there, for every
-``T``. The frames of all lengths are therefore read from one source store
+used as they are (in memory or from the frame cache); otherwise the full grid is read from the
+frame cache under its own key (:func:`~tvrbench.data.video.full_grid_sampling`), for every
+``T``. With ``clip_seconds: null`` the data module's own decode already stored it
+(:mod:`tvrbench.data.cache`, "Full grid"), so nothing is decoded again; with a clip it is
+decoded once here. The frames of all lengths are therefore read from one source store
 (:class:`SourceFrames`, shared per data module), and composing a sample only gathers frames.
 
 Timeline. ``v`` starts at an offset ``o`` on the sampling grid (a multiple of ``1 / sample_fps``),
@@ -78,7 +80,13 @@ from tvrbench.data.datamodule import (
     collate_batch,
     probe_videos,
 )
-from tvrbench.data.video import SamplingConfig, candidate_times, nearest_indices, sample_times
+from tvrbench.data.video import (
+    SamplingConfig,
+    candidate_times,
+    full_grid_sampling,
+    nearest_indices,
+    sample_times,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +94,6 @@ DIDEMO_INJECTED_LENGTHS_S = [0.0, 30.0, 60.0, 120.0, 240.0]
 SYNTHETIC_INJECTED_LENGTHS_S = [0.0, 45.0, 90.0, 180.0, 360.0]
 PLACEMENTS = ("random", "start", "middle", "end")
 DISTRACTOR_SPLITS = ("val", "train")
-FULL_GRID_MAX_FRAMES = 100_000  # "no cap": the full-grid frame-cache key (27 h at 1 fps)
 _EPS = 1e-9
 
 
@@ -369,11 +376,6 @@ def plan_composition(
 # ------------------------------------------------------------------------------ source store
 
 
-def full_grid_sampling(sampling: SamplingConfig) -> SamplingConfig:
-    """Every grid frame of the whole video: ``sample_fps`` and ``image_size`` kept, no cap."""
-    return SamplingConfig(sampling.sample_fps, FULL_GRID_MAX_FRAMES, None, sampling.image_size)
-
-
 class SourceFrames:
     """Full-grid uint8 frames ``[n_u, S, S, 3]`` of the videos of a data module's splits.
 
@@ -389,7 +391,7 @@ class SourceFrames:
         self.full = full_grid_sampling(self.sampling)
         self.cache = datamodule.cache
         self.reader = datamodule.reader
-        self.processes = datamodule.num_workers or 1
+        self.processes = datamodule.decode_processes()
         limit = datamodule.memory_limit_gb if memory_limit_gb is None else memory_limit_gb
         self.memory_limit_bytes = int(limit * 1e9)
         self._datasets: dict[str, VideoTextDataset] = {}

@@ -11,14 +11,20 @@ Durations and timestamps come from the stream itself, never from the header fram
 (some files lie about both): the duration is the last frame's time plus one frame interval, both
 measured from the stream start. For every target time the frame nearest in time is taken.
 
-Readers: ``"decord"`` (fast random access), ``"pyav"`` (decodes the stream sequentially),
-``"auto"`` (decord, then PyAV when decord fails on that file). Decord's frame index is checked:
-when its timestamps are not finite and increasing (e.g. some AVI files), random access is not
-trusted either and decord is treated as having failed (``"auto"`` moves on to PyAV; a forced
-``"decord"`` reader then decodes sequentially with times from the average rate).
+Readers: ``"decord"`` (fast random access), ``"pyav"`` (decodes the stream sequentially, up to
+``clip_seconds``; the rest is only demuxed for the duration), ``"torchcodec"`` (optional extra,
+see :func:`decode_torchcodec`), ``"auto"`` (the reader picked from the container — PyAV for AVI,
+decord otherwise — so a file is opened once; the other one only when it fails on that file).
+Decord's frame index is checked: when its timestamps are not finite and increasing (e.g. some AVI
+files), random access is not trusted either and decord is treated as having failed (``"auto"``
+moves on to PyAV; a forced ``"decord"`` reader then decodes sequentially with times from the
+average rate).
 
 Preprocessing: short side resized to ``image_size`` (bilinear with antialiasing), centre crop to
 ``image_size x image_size``; the product is uint8 ``[n, S, S, 3]`` (what the frame cache stores and what batches carry).
+PyAV scales in the decoder (FFmpeg's scaler, in the same pass as the RGB conversion); decord's
+frames are resized by PyTorch's uint8 kernel (decord scales only to a size given before the file
+is opened, which would take a second open to learn the frame size).
 CLIP normalisation (:func:`prepare_frames`) runs on the model's device, after the batch moved.
 """
 
@@ -35,7 +41,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-READERS = ("auto", "decord", "pyav")
+READERS = ("auto", "decord", "pyav", "torchcodec")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -110,6 +116,40 @@ def sample_times(duration_s: float, sampling: SamplingConfig) -> np.ndarray:
     return times
 
 
+FULL_GRID_MAX_FRAMES = 100_000  # "no cap": the full-grid frame-cache key (27 h at 1 fps)
+
+
+def full_grid_sampling(sampling: SamplingConfig) -> SamplingConfig:
+    """Every grid frame of the whole video: ``sample_fps`` and ``image_size`` kept, no cap."""
+    return SamplingConfig(sampling.sample_fps, FULL_GRID_MAX_FRAMES, None, sampling.image_size)
+
+
+def subsample_grid(grid: DecodedVideo, sampling: SamplingConfig) -> DecodedVideo | None:
+    """The frames ``sampling`` takes, picked from a decoded full grid (no decoding).
+
+    Every target of :func:`sample_times` is a grid midpoint ``(k + 0.5) / sample_fps`` and the
+    nearest frame to it does not depend on which other targets are asked for, so grid frame ``k``
+    is the answer. ``grid`` must be at ``sampling.sample_fps`` (the cache key sees to it). Returns
+    None when the grid cannot serve ``sampling``: another frame size, or a clip shorter than half
+    an interval (its one frame sits at mid-clip, off the grid).
+    """
+    if grid.frames.shape[1] != sampling.image_size:
+        return None
+    span_s = grid.duration_s
+    if sampling.clip_seconds is not None:
+        span_s = min(span_s, sampling.clip_seconds)
+    if math.ceil(span_s * sampling.sample_fps - 0.5) == 0:  # no midpoint: one frame at mid-span
+        if span_s != grid.duration_s or len(grid.frames) != 1:
+            return None
+        idx = np.zeros(1, dtype=np.int64)
+    else:
+        targets = sample_times(grid.duration_s, sampling)
+        idx = np.round(targets * sampling.sample_fps - 0.5).astype(np.int64)
+    if len(idx) and idx.max() >= len(grid.frames):
+        return None
+    return DecodedVideo(grid.frames[idx], grid.times_s[idx], grid.duration_s, grid.reader)
+
+
 _TIE_S = 1e-6  # timestamps closer than this count as equally near (ties go to the earlier frame)
 
 
@@ -138,8 +178,24 @@ def _duration_from_times(times_s: np.ndarray) -> float:
 # ------------------------------------------------------------------------------ preprocessing
 
 
+def resize_dims(height: int, width: int, image_size: int) -> tuple[int, int]:
+    """``(new_h, new_w)`` with the short side at ``image_size`` (aspect kept, neither below it)."""
+    scale = image_size / min(height, width)
+    return max(image_size, round(height * scale)), max(image_size, round(width * scale))
+
+
+def crop_centre(frames: np.ndarray, image_size: int) -> np.ndarray:
+    """Centre ``image_size x image_size`` crop of ``[..., H, W, 3]`` (a view)."""
+    h, w = frames.shape[-3], frames.shape[-2]
+    top, left = (h - image_size) // 2, (w - image_size) // 2
+    return frames[..., top : top + image_size, left : left + image_size, :]
+
+
 def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int) -> np.ndarray:
     """Resize the short side to ``image_size`` (bilinear, antialiased) and centre-crop.
+
+    The resize runs on uint8 channels-last tensors (PyTorch's integer kernel: no float32
+    temporaries; within 1 grey level of the float computation).
 
     Args:
         frames: uint8 ``[n, H, W, 3]``.
@@ -152,15 +208,13 @@ def preprocess_frames(frames: np.ndarray | torch.Tensor, image_size: int) -> np.
     n, h, w, _ = x.shape
     if n == 0:
         return np.zeros((0, image_size, image_size, 3), dtype=np.uint8)
-    scale = image_size / min(h, w)
-    new_h, new_w = max(image_size, round(h * scale)), max(image_size, round(w * scale))
-    x = x.permute(0, 3, 1, 2).float()  # (n, 3, H, W)
+    new_h, new_w = resize_dims(h, w, image_size)
     if (new_h, new_w) != (h, w):
+        x = x.to(torch.uint8).permute(0, 3, 1, 2)  # (n, 3, H, W), channels-last in memory
         x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True)
-    top, left = (new_h - image_size) // 2, (new_w - image_size) // 2
-    x = x[:, :, top : top + image_size, left : left + image_size]  # (n, 3, S, S)
-    x = x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)  # (n, S, S, 3)
-    return x.contiguous().numpy()
+        x = x.permute(0, 2, 3, 1)  # (n, new_h, new_w, 3)
+    out = crop_centre(x.to(torch.uint8).numpy(), image_size)  # (n, S, S, 3)
+    return np.ascontiguousarray(out)
 
 
 def normalize_frames(frames: torch.Tensor) -> torch.Tensor:
@@ -272,7 +326,6 @@ def decode_decord(
 
 _EARLY_FRAMES = 64  # frames kept before the first candidate (for videos under half an interval)
 _REORDER_DEPTH = 16
-_PREPROCESS_BATCH = 16
 
 
 def _in_time_order(frames: Any, depth: int = _REORDER_DEPTH) -> Any:
@@ -295,12 +348,35 @@ def _in_time_order(frames: Any, depth: int = _REORDER_DEPTH) -> Any:
         yield queue.popleft(), heapq.heappop(heap)
 
 
+def _pyav_rgb(frame: Any, image_size: int, reformatter: Any) -> np.ndarray:
+    """One PyAV frame → uint8 ``[S, S, 3]``: scaled by FFmpeg's scaler (bilinear, in the same
+    pass as the RGB conversion, so no full-size RGB frame is made), then centre-cropped.
+
+    ``reformatter``: a ``VideoReformatter`` made by this decode. Not ``frame.reformat``: its
+    shared scaler context keeps a thread pool that a forked decode worker inherits without the
+    threads (a deadlock); one scaling thread, since decoding is parallel over processes.
+    """
+    new_h, new_w = resize_dims(frame.height, frame.width, image_size)
+    rgb = reformatter.reformat(
+        frame, width=new_w, height=new_h, format="rgb24", interpolation="BILINEAR", threads=1
+    )
+    return np.ascontiguousarray(crop_centre(rgb.to_ndarray(), image_size))
+
+
+def _packet_time_s(packet: Any, time_base: Any) -> float | None:
+    stamp = packet.pts if packet.pts is not None else packet.dts
+    return None if stamp is None or time_base is None else float(stamp * time_base)
+
+
 def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
-    """Decode the whole stream with PyAV, keeping for each candidate time its nearest frame.
+    """Decode with PyAV in one sequential pass, keeping for each candidate time its nearest frame.
 
     Candidates are all midpoints up to ``clip_seconds`` (or the end); the final ``max_frames``
-    are chosen among them once the decoded duration is known, so one pass suffices and only
-    candidate frames are held in memory (preprocessed, in batches of 16).
+    are chosen among them once the duration is known, and only candidate frames are converted
+    (scaled in the decoder) and held. Decoding stops once the last candidate under
+    ``clip_seconds`` is settled; the rest of the file is only demuxed, the duration then coming
+    from the packets' timestamps (the same "last frame time plus one frame interval" as decoded
+    frames give).
     """
     try:
         import av
@@ -308,37 +384,45 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
         raise _ReaderError(f"PyAV not installed ({err})") from err
     step_s = 1.0 / sampling.sample_fps
     limit_s = math.inf if sampling.clip_seconds is None else sampling.clip_seconds
+    size = sampling.image_size
     kept: dict[int, tuple[float, int]] = {}  # candidate index -> (frame time, frame number)
-    raw: dict[int, np.ndarray] = {}  # frame number -> RGB frame waiting for preprocessing
-    done: dict[int, np.ndarray] = {}  # frame number -> preprocessed frame
+    done: dict[int, np.ndarray] = {}  # frame number -> preprocessed frame [S, S, 3]
 
-    def flush() -> None:
-        shapes = {a.shape for a in raw.values()}
-        for shape in shapes:  # the frame size may change mid-stream
-            nums = [n for n, a in raw.items() if a.shape == shape]
-            out = preprocess_frames(np.stack([raw[n] for n in nums]), sampling.image_size)
-            done.update(zip(nums, out))
-        raw.clear()
+    reformatter = av.video.reformatter.VideoReformatter()
 
     def frame_ref(num: int, frame: Any) -> int:
-        if num not in raw and num not in done:
-            raw[num] = frame.to_ndarray(format="rgb24")
-            if len(raw) >= _PREPROCESS_BATCH:  # batches resize faster than single frames
-                flush()
+        if num not in done:
+            done[num] = _pyav_rgb(frame, size, reformatter)
         return num
 
-    times: list[float] = []
+    times: list[float] = []  # decoded frame times from the stream start (s)
+    packet_times: list[float] = []  # every video packet's timestamp (s, absolute)
+    untimed_packets = 0  # packets without pts or dts (then the stream is decoded to its end)
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
                 raise _ReaderError("no video stream")
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
+            packets = container.demux(stream)
+
+            def decoded() -> Any:
+                nonlocal untimed_packets
+                for packet in packets:
+                    if packet.size:
+                        t_p = _packet_time_s(packet, stream.time_base)
+                        if t_p is None:
+                            untimed_packets += 1
+                        else:
+                            packet_times.append(t_p)
+                    yield from packet.decode()
+
             origin: float | None = None
             prev: tuple[int, float, Any] | None = None
             early: list[tuple[int, float, Any]] = []  # frames before the first candidate
             k = 0  # next candidate index
-            for num, (frame, abs_t) in enumerate(_in_time_order(container.decode(stream))):
+            stopped = False
+            for num, (frame, abs_t) in enumerate(_in_time_order(decoded())):
                 if origin is None:
                     origin = abs_t
                 t = abs_t - origin
@@ -355,9 +439,27 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
                         kept[k] = (t, frame_ref(num, frame))
                     k += 1
                 prev = (num, t, frame)
-            if prev is None:
+                if (k + 0.5) * step_s >= limit_s and untimed_packets == 0:
+                    stopped = True  # every candidate under the clip is settled
+                    break
+            if prev is None or origin is None:
                 raise _ReaderError("no decodable frames")
-            duration_s = _duration_from_times(np.asarray(times))
+            if stopped:
+                for packet in packets:  # demux only: timestamps of the rest of the stream
+                    if packet.size:
+                        t_p = _packet_time_s(packet, stream.time_base)
+                        if t_p is None:
+                            untimed_packets += 1
+                        else:
+                            packet_times.append(t_p)
+                stamps = np.unique(np.asarray(packet_times) - origin)  # sorted, repeats dropped
+                stamps = stamps[stamps > -_TIE_S]
+                # untimed packets after the stop: one median frame interval each
+                duration_s = _duration_from_times(stamps)
+                if untimed_packets and len(stamps) > 1:
+                    duration_s += untimed_packets * float(np.median(np.diff(stamps)))
+            else:
+                duration_s = _duration_from_times(np.asarray(times))
             span_s = min(duration_s, limit_s)
             while (k + 0.5) * step_s < span_s:  # candidates after the last frame's time
                 kept[k] = (prev[1], frame_ref(prev[0], prev[2]))
@@ -370,7 +472,6 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
         raise
     except Exception as err:  # av.error.* and assorted decoder errors
         raise _ReaderError(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
-    flush()
     targets = sample_times(duration_s, sampling)
     if len(kept) == 1 and len(targets) == 1:
         chosen = [0]
@@ -381,6 +482,62 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
     return DecodedVideo(frames, picked, float(duration_s), "pyav")
 
 
+def decode_torchcodec(path: Path, sampling: SamplingConfig) -> DecodedVideo:
+    """Decode with torchcodec (PyTorch's FFmpeg decoder; optional extra ``tvrbench[torchcodec]``).
+
+    Exact seek mode (one scan of the packets): the duration is the stream's content span (last
+    frame's time plus its duration, from the first frame's time). For each target the frame
+    played at that time is fetched; when the next frame is nearer it is fetched instead (ties
+    go to the earlier frame, as with the other readers).
+    """
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except Exception as err:  # ImportError, or its libraries failing to load (CPU-only torch)
+        raise _ReaderError(f"torchcodec not importable ({type(err).__name__}: {err})") from err
+    try:
+        dec = VideoDecoder(str(path), dimension_order="NHWC", num_ffmpeg_threads=1)
+        meta = dec.metadata
+        begin_s = float(meta.begin_stream_seconds or 0.0)
+        end_s = meta.end_stream_seconds
+        if end_s is None or not float(end_s) > begin_s:
+            raise _ReaderError("no frame timestamps")
+        duration_s = float(end_s) - begin_s
+        targets = sample_times(duration_s, sampling)
+        last_s = float(end_s) - 1e-6
+        played = dec.get_frames_played_at(seconds=[min(begin_s + t, last_s) for t in targets])
+        pts = played.pts_seconds.double().numpy() - begin_s  # (n_t,)
+        nxt = pts + played.duration_seconds.double().numpy()  # next frame's time (s)
+        later = (nxt - targets < targets - pts - _TIE_S) & (nxt < duration_s - _TIE_S)
+        data = played.data
+        if later.any():
+            seconds = [float(begin_s + nxt[j]) for j in np.flatnonzero(later)]
+            following = dec.get_frames_played_at(seconds=seconds)
+            data = data.clone()
+            data[torch.from_numpy(later)] = following.data
+            pts[later] = following.pts_seconds.double().numpy() - begin_s
+        raw = data.numpy()  # (n_t, H, W, 3)
+    except _ReaderError:
+        raise
+    except Exception as err:
+        raise _ReaderError(f"{type(err).__name__}: {str(err).splitlines()[0][:200]}") from err
+    frames = preprocess_frames(raw, sampling.image_size)
+    return DecodedVideo(frames, pts, duration_s, "torchcodec")
+
+
+def is_avi(path: Path) -> bool:
+    """True for a RIFF/AVI container (read from its first 12 bytes, not its name)."""
+    with path.open("rb") as fh:
+        head = fh.read(12)
+    return head[:4] == b"RIFF" and head[8:12] == b"AVI "
+
+
+def auto_readers(path: Path) -> tuple[str, str]:
+    """The order ``"auto"`` tries the readers in, decided from the container so that a normal
+    file is opened once: AVI → PyAV first (decord's AVI frame index is often broken, and it
+    would index the whole file before that shows), anything else → decord first."""
+    return ("pyav", "decord") if is_avi(path) else ("decord", "pyav")
+
+
 def decode_video(
     path: str | Path, sampling: SamplingConfig | None = None, reader: str = "auto"
 ) -> DecodedVideo:
@@ -389,22 +546,23 @@ def decode_video(
     Args:
         path: the video file.
         sampling: sampling parameters (defaults: 1 fps, 64 frames, 31 s, 224 px).
-        reader: ``"auto"`` (decord, then PyAV), ``"decord"`` or ``"pyav"``.
+        reader: ``"auto"`` (the reader chosen by :func:`auto_readers`, the other one if it
+            fails), ``"decord"``, ``"pyav"`` or ``"torchcodec"``.
     """
     if reader not in READERS:
         raise ValueError(f"unknown reader {reader!r}; expected one of {', '.join(READERS)}")
     sampling = sampling or SamplingConfig()
     path = Path(path)
     _check_file(path)
+    order = auto_readers(path) if reader == "auto" else (reader,)
     reasons = []
-    if reader in ("auto", "decord"):
+    for name in order:
         try:
-            return decode_decord(path, sampling, sequential_ok=reader == "decord")
+            if name == "decord":
+                return decode_decord(path, sampling, sequential_ok=reader == "decord")
+            if name == "pyav":
+                return decode_pyav(path, sampling)
+            return decode_torchcodec(path, sampling)
         except _ReaderError as err:
-            reasons.append(f"decord: {err}")
-    if reader in ("auto", "pyav"):
-        try:
-            return decode_pyav(path, sampling)
-        except _ReaderError as err:
-            reasons.append(f"pyav: {err}")
+            reasons.append(f"{name}: {err}")
     raise VideoDecodeError(f"{path.name}: cannot decode ({'; '.join(reasons)})")
