@@ -86,6 +86,26 @@ def test_files_exist(tiny_run):
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
 
 
+def test_run_writes_the_dataset_manifest_and_records_its_hash(tiny_run):
+    """manifest.csv in the run folder: every video of the run's data (the synthetic set here)
+    with status; results.json holds the SHA-256 of the file's bytes (computed here by hand)."""
+    import csv
+    import hashlib
+
+    _, run = tiny_run
+    path = run / "manifest.csv"
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert rows and {r["split"] for r in rows} == {"train", "val", "test"}
+    assert all(r["status"] == "ok" and len(r["sha256"]) == 64 for r in rows)
+    summary = json.loads((run / "data_summary.json").read_text())
+    assert sum(r["split"] == "test" for r in rows) == summary["test"]["videos"]
+    record = json.loads((run / "results.json").read_text())["data_manifest"]
+    assert record["file"] == "manifest.csv"
+    assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert record["videos"] == {"ok": len(rows)}
+
+
 def test_results_table(tiny_run):
     _, run = tiny_run
     df = pd.read_csv(run / "results.csv")
