@@ -105,10 +105,12 @@ class LauncherSettings:
             raise BenchConfigError(f"launcher.mem_gb: {self.mem_gb!r} (need a positive number)")
 
     @classmethod
-    def from_config(cls, value: LauncherSettings | Mapping[str, Any] | str | None):
+    def from_config(
+        cls, value: LauncherSettings | Mapping[str, Any] | str | None
+    ) -> LauncherSettings:
         """``"local"`` (the command line's ``--launcher local``), a mapping (the config's
         ``launcher:`` section) or None (``none``)."""
-        if isinstance(value, cls):
+        if isinstance(value, LauncherSettings):
             return value
         if value is None:
             return cls()
@@ -390,7 +392,7 @@ def _active_slurm_job(folder: Path):
     saved = json.loads(record.read_text())
     if saved.get("kind") != "slurm":
         return None
-    job = submitit.SlurmJob(folder=folder, job_id=str(saved["job_id"]))
+    job: submitit.SlurmJob = submitit.SlurmJob(folder=folder, job_id=str(saved["job_id"]))
     return None if job.done() else job
 
 
