@@ -17,7 +17,7 @@ OUT ?= outputs/bench-didemo
 BENCH_ARGS ?=
 BENCH_CONFIG ?= configs/bench/didemo.yaml
 
-.PHONY: help install test test-all lint format bench-didemo bench-scoring gpu-check clean
+.PHONY: help install test test-all lint format bench-didemo bench-scoring bench-efficiency gpu-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -58,6 +58,9 @@ bench-scoring: $(STAMP) ## Scoring-at-scale benchmark against the machine's matm
 
 gpu-check: $(STAMP) ## One-shot GPU check (<= 8 min on one H100): results/gpu-check-<device>.json/.md; CPU form without CUDA
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/gpu_check.py
+
+bench-efficiency: $(STAMP) ## Head FLOPs at GLSCL Table I's MSR-VTT sizes (and DiDeMo's) vs the published ones
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/scoring.py --published-protocol msrvtt,didemo
 
 clean: ## Remove the venv, caches and outputs
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .mypy_cache

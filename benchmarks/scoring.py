@@ -790,6 +790,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV (default benchmarks/results/scoring-<dev>.csv)")
+    p.add_argument(
+        "--published-protocol",
+        default=None,
+        help="msrvtt[,didemo]: every method's head cost at GLSCL Table I's MSR-VTT 1k-A sizes "
+        "(and DiDeMo's) next to the published figures, and the per-query pipeline cost; writes "
+        "efficiency-published.csv and efficiency-pipeline.csv (benchmarks/published_efficiency.py)",
+    )
+    p.add_argument("--no-timing", action="store_true", help="--published-protocol: counts only")
     p.add_argument("--measure-peak", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure_peak:
@@ -809,6 +817,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
     args.method_list = methods
     args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
+    if args.published_protocol:
+        from benchmarks.published_efficiency import PROTOCOLS
+
+        args.protocols = args.published_protocol.split(",")
+        bad = [name for name in args.protocols if name not in PROTOCOLS]
+        if bad:
+            p.error(f"--published-protocol {bad}: not one of {', '.join(PROTOCOLS)}")
     return args
 
 
@@ -820,12 +835,34 @@ def default_out(args: argparse.Namespace) -> Path:
     return ROOT / "benchmarks" / "results" / f"scoring-{device_type}.csv"
 
 
+def published_protocol_main(args: argparse.Namespace) -> int:
+    """``--published-protocol``: the head-cost table next to GLSCL's Table I and the per-query
+    pipeline cost, written to ``--out``'s folder (default ``benchmarks/results``)."""
+    from benchmarks.published_efficiency import markdown_table, run
+
+    start = time.perf_counter()
+    out_dir = Path(args.out).parent if args.out else ROOT / "benchmarks" / "results"
+    print(
+        f"published protocol(s) {','.join(args.protocols)}, methods {','.join(args.method_list)}, "
+        f"device {args.device}, {torch.get_num_threads()} threads, dtype {args.dtype}",
+        flush=True,
+    )
+    head_rows, _ = run(args.protocols, args.method_list, args, out_dir)
+    print()
+    print(markdown_table(head_rows))
+    print(f"wrote {out_dir}/efficiency-published.csv and efficiency-pipeline.csv "
+          f"({time.perf_counter() - start:.0f} s in all)")  # fmt: skip
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.measure_peak:
         return child_main(args.measure_peak, args)
+    if args.published_protocol:
+        return published_protocol_main(args)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     size = args.matmul_size or (8192 if device.type == "cuda" else 4096)
