@@ -256,7 +256,11 @@ class VideoTextDataset(Dataset):
             return self.frames[i]
         path = self.videos[i].path
         assert path is not None
-        info, frames = FrameCache(self.cache_dir).get_or_decode(path, self.sampling, self.reader)
+        cache = FrameCache(self.cache_dir)
+        frames = cache.load_frames(path, self.sampling)  # a hit: one key, one .npy read
+        if frames is not None:
+            return frames
+        info, frames = cache.get_or_decode(path, self.sampling, self.reader)
         if frames is None:
             raise DataSetupError(f"{path.name}: became unreadable after setup ({info.error})")
         return frames
