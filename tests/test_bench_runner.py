@@ -174,6 +174,35 @@ def test_postproc_rows_records_and_report(tiny_run):
     assert "transductive" in report
 
 
+def test_qualitative_sheet_and_its_records(tiny_run):
+    """qualitative.png + qualitative.md, linked from the report; every record holds the same
+    seeded sample (up to 2 queries from every length bucket) with ranks equal to its own
+    per-query ranks and top-5 lists that hold the correct video exactly when rank <= 5."""
+    _, run = tiny_run
+    assert (run / "qualitative.png").stat().st_size > 0
+    page = (run / "qualitative.md").read_text()
+    assert "![qualitative.png](qualitative.png)" in page and "first seed" in page
+    assert "[qualitative.md](qualitative.md)" in (run / "report.md").read_text()
+    samples = {}
+    for method in ("meanp", "xpool"):
+        record = json.loads((run / "methods" / method / "seed0.json").read_text())
+        ranks = record["ranks"]
+        rank_of = dict(zip(ranks["index"], ranks["ranks_t2v"]))
+        entry = record["qualitative"]
+        assert entry["postproc"] == "none"
+        queries = entry["queries"]
+        per_bucket = {b: ranks["bucket"].count(b) for b in set(ranks["bucket"])}
+        for bucket, n in per_bucket.items():
+            assert sum(q["bucket"] == bucket for q in queries) == min(2, n)
+        for q in queries:
+            assert q["rank"] == rank_of[q["index"]]
+            assert len(q["top"]) == min(5, len(ranks["index"])) == len(set(q["top"]))
+            assert (q["index"] in q["top"]) == (q["rank"] <= 5)
+        samples[method] = [q["index"] for q in queries]
+        assert f"| {method} |" in page
+    assert samples["meanp"] == samples["xpool"]
+
+
 def test_resume_redoes_only_missing(tiny_run, capsys):
     tmp, run = tiny_run
     kept = run / "methods" / "meanp" / "seed0.json"

@@ -24,6 +24,7 @@ from tvrbench.bench.postproc import (
     postproc_variants,
     with_postproc_ranks,
 )
+from tvrbench.bench.qualitative import qualitative_record
 from tvrbench.metrics import bootstrap_ci, summarize_ranks
 from tvrbench.precision import precision_label, tower_autocast
 
@@ -240,7 +241,8 @@ def measure_tested(
     precision: Any = "32-true",
 ) -> dict[str, Any]:
     """Rows (per bucket + ``all``, once per post-processing of ``postproc``; ``bank``:
-    QB-Norm's query bank), gallery timings and ranks of a tested module."""
+    QB-Norm's query bank), gallery timings, ranks and the qualitative sample of a tested
+    module."""
     ev = module.last_eval
     if not ev or ev.get("stage") != "test":
         raise RuntimeError("the module holds no test evaluation (trainer.test did not run)")
@@ -283,5 +285,7 @@ def measure_tested(
         "gallery": timings,
         "latency_query": q_lat,
         "ranks": with_postproc_ranks(rank_record(ev), variants),
+        # The qualitative sheet's seeded sample of queries: ranks and top-5 videos (plain).
+        "qualitative": qualitative_record(ev, seed),
         "test_metrics": ev.get("metrics"),
     }

@@ -1,16 +1,20 @@
 """The run's outputs: one record per finished (method, seed) in ``methods/<method>/seed<k>.json``
 (what resume looks at), combined into ``results.csv`` (rows per method × bucket × seed plus
 aggregated ``seed = mean`` rows), ``gallery.csv``, ``stress.csv``, ``results.json``,
-``report.md`` and the plots. Every file is written atomically (:mod:`tvrbench.atomic`)."""
+``report.md``, the plots and the qualitative sheet. Every file is written atomically
+(:mod:`tvrbench.atomic`)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tvrbench.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
 from tvrbench.precision import PRECISION_STORY
+
+if TYPE_CHECKING:
+    from tvrbench.bench.qualitative import TestVideos
 
 METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
 METRIC_COLUMNS = [f"{d}_{k}" for d in ("t2v", "v2t") for k in METRICS]
@@ -171,8 +175,11 @@ def write_outputs(
     config: dict[str, Any],
     env: dict[str, Any],
     synthetic: bool,
+    test_data: TestVideos | None = None,
 ) -> None:
-    """Combine the records into every output file; print the findings."""
+    """Combine the records into every output file; print the findings. ``test_data``: the test
+    split's dataset (paragraphs and frames of the qualitative sheet); None keeps an existing
+    sheet (or writes its page without the image)."""
     import pandas as pd
 
     from tvrbench.bench.plots import plot_all
@@ -228,6 +235,9 @@ def write_outputs(
         from tvrbench.bench.plots import method_colours, plot_stress
 
         plots.append(plot_stress(stress, run_dir, synthetic, method_colours(results, gallery)))
+    from tvrbench.bench.qualitative import write_qualitative
+
+    qualitative = write_qualitative(run_dir, records, methods, seeds, test_data, synthetic)
     notes = [f"{r['method']} (seed {r['seed']}): {n}" for r in records for n in r.get("notes", [])]
     recipes = {r["method"]: r.get("recipe") for r in records}
     variance = seeds_note(len(seeds))
@@ -251,6 +261,7 @@ def write_outputs(
         "postproc_stress": all_stress,
         "postproc_findings": pp_lines,
         "postproc": postproc,
+        "qualitative": qualitative,
         "run_costs": {
             key(r): {
                 k: r.get(k)

@@ -9,12 +9,18 @@ colour.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import pandas as pd
 
 from tvrbench.bench.report import SYNTHETIC_BANNER, bucket_order
 from tvrbench.bench.seeds import count_seeds, per_seed_rows, summary_rows
+
+if TYPE_CHECKING:
+    from tvrbench.bench.qualitative import Sheet
 
 
 def _pyplot():
@@ -34,11 +40,11 @@ def _per_bucket(results: pd.DataFrame, order: list[str] | None = None) -> pd.Dat
     return rows.sort_values(["method", "bucket_pos"])
 
 
-def _save(fig, path: Path) -> None:
+def _save(fig, path: Path, dpi: int = 120) -> None:
     import os
 
     tmp = path.with_name(path.stem + f".tmp{os.getpid()}.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
     os.replace(tmp, path)
 
 
@@ -220,3 +226,122 @@ def plot_stress(
     _save(fig, Path(out_dir) / STRESS_PLOT)
     plt.close(fig)
     return STRESS_PLOT
+
+
+def _short_name(name: str, chars: int) -> str:
+    """``name`` in at most ``chars`` characters, its middle elided (names differ at both ends)."""
+    if len(name) <= chars:
+        return name
+    tail = chars // 3
+    return name[: chars - tail - 1] + "…" + name[-tail:]
+
+
+def plot_qualitative(
+    sheet: Sheet,
+    strips: Mapping[int, np.ndarray | None],
+    path: Path,
+    synthetic: bool,
+) -> str:
+    """The qualitative retrieval sheet (:mod:`tvrbench.bench.qualitative`) as one PNG.
+
+    Per query: a header row (its correct video's strip, the bucket and the wrapped, truncated
+    paragraph), then one row per method: its name and the rank of the correct video, then its
+    top videos as thumbnail strips, the correct one outlined in green. ``strips``: uint8
+    ``[h, w, 3]`` per dataset index (None: unreadable, drawn blank). Returns the file name.
+    """
+    import textwrap
+
+    from tvrbench.bench.qualitative import TOP_K
+
+    plt = _pyplot()
+    heights: list[float] = []
+    for panel in sheet.panels:
+        heights += [1.15] + [1.0] * len(panel.rows)
+    height_in = 0.8 * sum(heights) + 0.9
+    fig = plt.figure(figsize=(12.5, height_in))
+    grid = fig.add_gridspec(
+        len(heights),
+        1 + TOP_K,
+        height_ratios=heights,
+        width_ratios=[1.25] + [1.0] * TOP_K,
+        hspace=0.55,
+        wspace=0.08,
+        top=1.0 - 0.7 / height_in,  # the title's room, whatever the number of rows
+        bottom=0.2 / height_in,
+    )
+
+    def thumb(ax, index: int, label: str, correct: bool) -> None:
+        strip = strips.get(index)
+        if strip is not None:
+            ax.imshow(strip, interpolation="nearest")
+        else:
+            ax.text(0.5, 0.5, "unreadable", ha="center", va="center", fontsize=7)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_xlabel(label, fontsize=6.5, labelpad=2)
+        for spine in ax.spines.values():
+            spine.set_edgecolor("limegreen" if correct else "0.75")
+            spine.set_linewidth(4.0 if correct else 0.6)
+
+    r = 0
+    for n, panel in enumerate(sheet.panels, 1):
+        thumb(
+            fig.add_subplot(grid[r, 0]),
+            panel.index,
+            f"correct: {_short_name(panel.video, 24)}",
+            True,
+        )
+        ax = fig.add_subplot(grid[r, 1:])
+        ax.axis("off")
+        text = textwrap.shorten(" ".join(panel.paragraph.split()), 330, placeholder=" …")
+        wrapped = "\n".join(textwrap.wrap(text, 125)) or "(paragraph unavailable)"
+        ax.text(
+            0.0,
+            1.0,
+            f"Query {n} — bucket {panel.bucket}",
+            fontsize=9,
+            weight="bold",
+            va="top",
+            transform=ax.transAxes,
+        )
+        ax.text(0.0, 0.72, wrapped, fontsize=7.5, va="top", transform=ax.transAxes)
+        r += 1
+        for row in panel.rows:
+            ax = fig.add_subplot(grid[r, 0])
+            ax.axis("off")
+            under = f"rank {row.rank}" if row.rank is not None else row.note
+            ax.text(
+                0.02,
+                0.62,
+                row.method,
+                fontsize=9,
+                weight="bold",
+                va="center",
+                transform=ax.transAxes,
+            )
+            ax.text(
+                0.02,
+                0.25,
+                under,
+                fontsize=8,
+                va="center",
+                transform=ax.transAxes,
+                color="green" if row.rank is not None and row.rank <= TOP_K else "black",
+            )
+            for j in range(TOP_K):
+                ax = fig.add_subplot(grid[r, 1 + j])
+                if j < len(row.thumbs):
+                    t = row.thumbs[j]
+                    thumb(ax, t.video_index, f"{j + 1}. {_short_name(t.video, 20)}", t.correct)
+                else:
+                    ax.axis("off")
+            r += 1
+    seeds = sorted(set(sheet.seeds.values()))
+    title = (
+        f"Text→video top-{TOP_K} per method (plain similarity; first seed of each method: "
+        f"{', '.join(map(str, seeds))}); correct video outlined in green"
+    )
+    fig.suptitle(title + (f"\n{SYNTHETIC_BANNER}" if synthetic else ""), fontsize=10, y=0.995)
+    _save(fig, Path(path), dpi=90)
+    plt.close(fig)
+    return Path(path).name

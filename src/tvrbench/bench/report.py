@@ -779,8 +779,8 @@ def render_report(
     absent), ``v2t_convention`` (a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`, default
     ``config["v2t"]`` or ``"best-caption"``), ``recipes`` (``{method: recipe record or name}``),
     ``stress`` (controlled-length DataFrame, rows per method × ``injected_length_s`` × seed
-    plus ``seed = "mean"`` rows) with ``stress_findings`` (sentences), and ``published``
-    (``{method: {metric: value}}``)."""
+    plus ``seed = "mean"`` rows) with ``stress_findings`` (sentences), ``published``
+    (``{method: {metric: value}}``) and ``qualitative`` (the qualitative sheet's page, linked)."""
     synthetic = info.get("data") == "synthetic"
     protocol = str(info.get("protocol") or "finetune")
     fast = protocol == "cached_features"
@@ -950,6 +950,15 @@ def render_report(
     lines += _run_cost_section(info.get("run_costs"))
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if info.get("qualitative"):
+        page = info["qualitative"]
+        lines += [
+            "## Qualitative retrieval",
+            "",
+            f"[{page}]({page}): every method's top-5 videos for a seeded sample of test queries "
+            "from every length bucket (first seed, plain similarity), the correct video outlined.",
+            "",
+        ]
     for note in info.get("notes", []):
         lines += [f"- note: {note}"]
     if synthetic:

@@ -319,7 +319,8 @@ def run_bench(
         shared.write_data_files(run_dir)
     if stress_settings is not None:
         _complete_stress(run_dir, method_names, seed_values, stress_settings, torch_device, shared)
-    write_outputs(run_dir, method_names, seed_values, config, env, synthetic)
+    test_data = shared.test_dataset(spec_for(method_names[0], seed_values[0], clip_checkpoint))
+    write_outputs(run_dir, method_names, seed_values, config, env, synthetic, test_data)
     return run_dir
 
 
@@ -399,6 +400,17 @@ class _SharedData:
         """The DataModule of ``spec`` (built without the model)."""
         cls = class_of(spec.config["data"]["class_path"])
         return self.share(cls(**spec.config["data"]["init_args"]))
+
+    def test_dataset(self, spec):
+        """The test split's dataset (the qualitative sheet's paragraphs and frames, from the
+        frame cache); None, said in one line, when it cannot be set up in this process."""
+        try:
+            datamodule = self.get(spec)
+            datamodule.setup_split("test")
+            return datamodule.dataset("test")
+        except Exception as err:  # the sheet is informative: the run's results do not need it
+            print(f"qualitative sheet without thumbnails: no test split here ({err})")
+            return None
 
     def write_data_files(self, run_dir: Path) -> None:
         """bad_videos.csv (every skipped video, never dropped silently) and data_summary.json."""
