@@ -17,7 +17,7 @@ OUT ?= outputs/bench-didemo
 BENCH_ARGS ?=
 BENCH_CONFIG ?= configs/bench/didemo.yaml
 
-.PHONY: help install test test-all lint format bench-didemo bench-scoring bench-efficiency gpu-check clean
+.PHONY: help install test test-all lint format bench-didemo bench-scoring bench-efficiency bench-input gpu-check clean
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -55,6 +55,9 @@ bench-didemo: $(STAMP) ## The main benchmark (synthetic DiDeMo-format data unles
 
 bench-scoring: $(STAMP) ## Scoring-at-scale benchmark against the machine's matmul rate
 	$(PY) benchmarks/scoring.py
+
+bench-input: $(STAMP) ## Input pipeline (decode, cache, DataLoader) in frames per CPU-second vs one H100's rate
+	OMP_NUM_THREADS=1 $(PY) benchmarks/input_pipeline.py
 
 gpu-check: $(STAMP) ## One-shot GPU check (<= 8 min on one H100): results/gpu-check-<device>.json/.md; CPU form without CUDA
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/gpu_check.py

@@ -85,9 +85,7 @@ def _count_opens(monkeypatch) -> list[str]:
     return opened
 
 
-@pytest.mark.parametrize(
-    "kind, reader", [("short", "decord"), ("h264", "decord"), ("avi", "pyav")]
-)
+@pytest.mark.parametrize("kind, reader", [("short", "decord"), ("h264", "decord"), ("avi", "pyav")])
 def test_auto_opens_each_file_once(tiny_videos, monkeypatch, kind, reader):
     opened = _count_opens(monkeypatch)
     out = decode_video(tiny_videos[kind], SamplingConfig(image_size=32), "auto")

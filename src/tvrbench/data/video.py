@@ -21,7 +21,8 @@ moves on to PyAV; a forced ``"decord"`` reader then decodes sequentially with ti
 average rate).
 
 Preprocessing: short side resized to ``image_size`` (bilinear with antialiasing), centre crop to
-``image_size x image_size``; the product is uint8 ``[n, S, S, 3]`` (what the frame cache stores and what batches carry).
+``image_size x image_size``; the product is uint8 ``[n, S, S, 3]`` (what the frame cache stores
+and what batches carry).
 PyAV scales in the decoder (FFmpeg's scaler, in the same pass as the RGB conversion); decord's
 frames are resized by PyTorch's uint8 kernel (decord scales only to a size given before the file
 is opened, which would take a second open to learn the frame size).
