@@ -407,15 +407,18 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
             stream.thread_type = "AUTO"
             packets = container.demux(stream)
 
-            def decoded() -> Any:
+            def record(packet: Any) -> None:
                 nonlocal untimed_packets
+                if packet.size:
+                    t_p = _packet_time_s(packet, stream.time_base)
+                    if t_p is None:
+                        untimed_packets += 1
+                    else:
+                        packet_times.append(t_p)
+
+            def decoded() -> Any:
                 for packet in packets:
-                    if packet.size:
-                        t_p = _packet_time_s(packet, stream.time_base)
-                        if t_p is None:
-                            untimed_packets += 1
-                        else:
-                            packet_times.append(t_p)
+                    record(packet)
                     yield from packet.decode()
 
             origin: float | None = None
@@ -447,12 +450,7 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
                 raise _ReaderError("no decodable frames")
             if stopped:
                 for packet in packets:  # demux only: timestamps of the rest of the stream
-                    if packet.size:
-                        t_p = _packet_time_s(packet, stream.time_base)
-                        if t_p is None:
-                            untimed_packets += 1
-                        else:
-                            packet_times.append(t_p)
+                    record(packet)
                 stamps = np.unique(np.asarray(packet_times) - origin)  # sorted, repeats dropped
                 stamps = stamps[stamps > -_TIE_S]
                 # untimed packets after the stop: one median frame interval each
