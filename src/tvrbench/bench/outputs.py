@@ -274,8 +274,6 @@ def write_outputs(
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     from tvrbench.data.manifest import manifest_record
 
-    from tvrbench.data.manifest import manifest_record
-
     atomic_write_json(
         run_dir / "results.json",
         {
@@ -292,8 +290,6 @@ def write_outputs(
             "environment": env,
             "precision_story": PRECISION_STORY,
             "data_summary": data_summary,
-            # manifest.csv (every video: size, SHA-256, duration, status) and its hash.
-            "data_manifest": manifest_record(run_dir / "manifest.csv"),
             # manifest.csv (every video: size, SHA-256, duration, status) and its hash.
             "data_manifest": manifest_record(run_dir / "manifest.csv"),
             "findings": lines,

@@ -439,11 +439,6 @@ class _SharedData:
         for dm in self._by_key.values():  # manifest.csv: the first DataModule with video files
             if datamodule_manifest(dm, run_dir / "manifest.csv") is not None:
                 break
-        from tvrbench.data.manifest import datamodule_manifest
-
-        for dm in self._by_key.values():  # manifest.csv: the first DataModule with video files
-            if datamodule_manifest(dm, run_dir / "manifest.csv") is not None:
-                break
 
 
 def json_key(row: dict[str, Any]) -> str:

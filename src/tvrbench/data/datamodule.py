@@ -35,7 +35,7 @@ import os
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning as L
 import numpy as np
@@ -56,6 +56,45 @@ _STAGE_SPLITS = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",
 
 class DataSetupError(RuntimeError):
     """The data of a split cannot be used as configured (message names the split and why)."""
+
+
+#: Most DataLoader workers ``num_workers: auto`` starts per process: past ~8 workers a cache-hit
+#: uint8 pipeline feeds one GPU (benchmarks/input_pipeline.py), and each worker holds its own
+#: prefetched batches in shared memory.
+MAX_AUTO_WORKERS = 8
+
+
+def per_device_batch_size(global_batch_size: int, world_size: int) -> int:
+    """The batch each of ``world_size`` processes loads so that together they make the global
+    contrastive batch; a remainder is a one-line error.
+
+    >>> per_device_batch_size(64, 8)
+    8
+    """
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if global_batch_size % world_size:
+        raise DataSetupError(
+            f"batch_size {global_batch_size} is the global batch and does not split evenly over "
+            f"{world_size} training processes (devices x nodes); use a multiple of {world_size}"
+        )
+    return global_batch_size // world_size
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def auto_num_workers(local_processes: int = 1) -> int:
+    """``num_workers: auto``: the usable CPUs shared among the node's ``local_processes``
+    training processes, one CPU left to each process itself, between 0 and
+    :data:`MAX_AUTO_WORKERS`."""
+    per_process = usable_cpus() // max(1, local_processes)
+    return max(0, min(MAX_AUTO_WORKERS, per_process - 1))
 
 
 # ------------------------------------------------------------------------------------- probe
@@ -104,14 +143,6 @@ def probe_videos(
                 bar.update()
         bar.close()
     return [info for info in infos if info is not None]
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on (its affinity mask, e.g. a SLURM allocation)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 #: How long a rank may wait at the decode barrier. Every rank decodes its own shard, so the wait is
@@ -337,10 +368,16 @@ class DiDeMoDataModule(L.LightningDataModule):
         bucket_edges_s: inner bucket edges (e.g. ``[18, 31, 54]``; fractions such as
             ``[0.25, 0.5]`` for ``"described_fraction"``); None for quantiles.
         num_buckets: number of equal-count buckets when no edges are given.
-        batch_size: training batch size.
-        eval_batch_size: validation/test batch size (default ``batch_size``).
-        num_workers: DataLoader workers. Decoding at setup does not use it: its pool takes the
-            usable CPUs shared among the node's processes (:meth:`decode_processes`).
+        batch_size: the GLOBAL training batch — the contrastive batch InfoNCE sees, as in the
+            published recipes — split evenly across the training processes (devices × nodes):
+            each process loads ``batch_size / world_size`` (:func:`per_device_batch_size`; a
+            remainder is an error), and features are all-gathered before the loss.
+        eval_batch_size: validation/test batch size per process (default: the per-process
+            training batch); it does not change any metric.
+        num_workers: DataLoader workers per process; ``"auto"``: the usable CPUs divided among
+            the node's processes, at most 8 (:func:`auto_num_workers`). Decoding at setup does
+            not use it: its pool takes the usable CPUs shared among the node's processes
+            (:meth:`decode_processes`).
         train_limit, val_limit, test_limit: keep only the first videos of a split (smoke runs).
         seed: seed of the training shuffle.
         memory_limit_gb: keep a split's decoded frames in memory below this size.
@@ -365,7 +402,7 @@ class DiDeMoDataModule(L.LightningDataModule):
         num_buckets: int = 4,
         batch_size: int = 32,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
+        num_workers: int | Literal["auto"] = 0,
         train_limit: int | None = None,
         val_limit: int | None = None,
         test_limit: int | None = None,
@@ -401,8 +438,12 @@ class DiDeMoDataModule(L.LightningDataModule):
         self.bucket_edges_s = bucket_edges_s
         self.num_buckets = num_buckets
         self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size or batch_size
-        self.num_workers = num_workers
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.eval_batch_size_setting = eval_batch_size
+        if num_workers != "auto" and (not isinstance(num_workers, int) or num_workers < 0):
+            raise ValueError(f"num_workers must be an int >= 0 or 'auto', got {num_workers!r}")
+        self.num_workers_setting = num_workers
         self.limits = {"train": train_limit, "val": val_limit, "test": test_limit}
         self.seed = seed
         self.memory_limit_gb = memory_limit_gb
@@ -436,6 +477,31 @@ class DiDeMoDataModule(L.LightningDataModule):
         """Prepare one split (``"train"``, ``"val"`` or ``"test"``); a no-op when done."""
         if split not in self._datasets:
             self._setup_split(split)
+
+    @property
+    def world_size(self) -> int:
+        """Training processes (devices × nodes) of the attached trainer; 1 without one."""
+        trainer = self.trainer
+        return int(trainer.world_size) if trainer is not None else 1
+
+    @property
+    def per_device_batch_size(self) -> int:
+        """The training batch each process loads: ``batch_size / world_size``."""
+        return per_device_batch_size(self.batch_size, self.world_size)
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation/test batch per process (default: the per-process training batch)."""
+        return self.eval_batch_size_setting or self.per_device_batch_size
+
+    @property
+    def num_workers(self) -> int:
+        """DataLoader workers per process (``"auto"`` resolved for this node)."""
+        if self.num_workers_setting == "auto":
+            trainer = self.trainer
+            local = int(getattr(trainer, "num_devices", 1) or 1) if trainer is not None else 1
+            return auto_num_workers(local)
+        return int(self.num_workers_setting)
 
     def decode_processes(self) -> int:
         """Size of the decode pool: the usable CPUs shared among the node's training processes
@@ -619,22 +685,35 @@ class DiDeMoDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         ds = self.dataset(split)
+        workers = self.num_workers
+        per_device = self.per_device_batch_size
         kwargs: dict[str, Any] = dict(
-            num_workers=self.num_workers,
+            num_workers=workers,
             collate_fn=_Collate(self.sampling.max_frames),
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=workers > 0,
+            # Page-locked batches copy to a GPU asynchronously and faster; only bytes (uint8
+            # frames) are pinned, so the pinned pool stays small.
+            pin_memory=self._on_cuda(),
         )
         if train:
             generator = torch.Generator().manual_seed(self.seed)
             return DataLoader(
                 ds,
-                batch_size=self.batch_size,
+                batch_size=per_device,
                 shuffle=True,
                 generator=generator,
                 drop_last=len(ds) >= 2 * self.batch_size,
                 **kwargs,
             )
         return DataLoader(ds, batch_size=self.eval_batch_size, shuffle=False, **kwargs)
+
+    def _on_cuda(self) -> bool:
+        trainer = self.trainer
+        if trainer is None:
+            return False
+        from lightning.pytorch.accelerators import CUDAAccelerator
+
+        return isinstance(trainer.accelerator, CUDAAccelerator)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
