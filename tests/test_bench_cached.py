@@ -117,7 +117,8 @@ def test_rows_in_range(cached_run):
     _, run, _ = cached_run
     df = pd.read_csv(run / "results.csv")
     df = df[df["seed"].astype(str) != "mean"]
-    for _, g in df.groupby("method"):
+    assert set(df["postproc"]) == {"none", "dsl", "qbnorm"}
+    for _, g in df.groupby(["method", "postproc"]):
         total = int(g.loc[g["bucket"] == "all", "n_queries"].iloc[0])
         assert int(g.loc[g["bucket"] != "all", "n_queries"].sum()) == total
         assert g["chance_R@1"].iloc[0] == pytest.approx(100.0 / total)

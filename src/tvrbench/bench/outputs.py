@@ -222,7 +222,7 @@ def write_outputs(
     results = results[results["postproc"].astype(str) == "none"]
     if stress is not None:
         stress = stress[stress["postproc"].astype(str) == "none"]
-    lines = findings(results, combined["ranks"]["none"], n_boot=n_boot, seed=seed)
+    lines = findings(results, combined["ranks"].get("none", {}), n_boot=n_boot, seed=seed)
     pp_lines = postproc_findings(all_results, combined["ranks"], n_boot=n_boot, seed=seed)
     postproc = {key(r): r["postproc"] for r in records if r.get("postproc")}
     stress_lines: list[str] = []
