@@ -50,7 +50,7 @@ How this differs from the reference implementations
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,14 @@ from torch import Tensor
 
 __all__ = [
     "BOOTSTRAP_KEYS",
+    "DIRECTIONS",
+    "INTERVAL_COLUMNS",
+    "METRICS",
+    "METRIC_COLUMNS",
+    "METRIC_NAMES",
+    "STD_COLUMNS",
+    "Metric",
+    "metric_named",
     "MDR_CONVENTION",
     "RECALL_KS",
     "TIE_CONVENTION",
@@ -77,8 +85,6 @@ __all__ = [
 ]
 
 RECALL_KS: tuple[int, ...] = (1, 5, 10, 50)
-#: Statistics of every bootstrap interval, in this order.
-BOOTSTRAP_KEYS: tuple[str, ...] = (*(f"R@{k}" for k in RECALL_KS), "MdR", "MnR")
 MDR_CONVENTION = "numpy median (mean of the two middle ranks)"
 TIE_CONVENTION = "ties count against the query (rank = 1 + #wrong items scored >= the correct one)"
 #: ``video_to_text_ranks(..., v2t=name)``: name → what it means (written into every output).
@@ -98,6 +104,93 @@ _CHUNK_ELEMENTS = 1 << 24
 _BOOT_ELEMENTS = 1 << 22
 
 RankLike = Tensor | np.ndarray | Sequence[int]
+
+
+# -------------------------------------------------------------------------- the metric registry
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One rank metric: every table, interval and report column is derived from :data:`METRICS`.
+
+    Attributes:
+        name: the key in summaries and the column suffix (``t2v_<name>``, ``v2t_<name>``).
+        higher_is_better: the direction of "better" (recalls up, ranks down).
+        unit: ``"%"`` (a percentage of queries) or ``"rank"``.
+        compute: ``ranks [..., n]`` long, 1-based → ``[...]`` float64, the metric over the last
+            dimension (batched, so the bootstrap evaluates every resample at once).
+        digits: decimals when the report prints it.
+        in_report: shown in the report's main table (t2v).
+    """
+
+    name: str
+    higher_is_better: bool
+    unit: str
+    compute: Callable[[Tensor], Tensor]
+    digits: int = 1
+    in_report: bool = True
+
+    def __call__(self, ranks: Tensor) -> float:
+        """The metric of ``[n]`` ranks as a float (NaN for no rank)."""
+        if ranks.numel() == 0:
+            return math.nan
+        return float(self.compute(ranks))
+
+
+def recall_at(k: int) -> Callable[[Tensor], Tensor]:
+    """R@k in percent: ``100 · #(rank <= k) / n`` over the last dimension."""
+
+    def compute(ranks: Tensor) -> Tensor:
+        hits = (ranks <= k).sum(dim=-1)  # (...,)
+        return 100.0 * hits.double() / ranks.shape[-1]
+
+    return compute
+
+
+def median_rank(ranks: Tensor) -> Tensor:
+    """MdR with NumPy's convention (:data:`MDR_CONVENTION`), over the last dimension."""
+    n = ranks.shape[-1]
+    ordered = ranks.sort(dim=-1).values  # (..., n)
+    return ordered[..., [(n - 1) // 2, n // 2]].double().mean(dim=-1)
+
+
+def mean_rank(ranks: Tensor) -> Tensor:
+    """MnR, the mean rank over the last dimension."""
+    return ranks.double().mean(dim=-1)
+
+
+def _recall(k: int) -> Metric:
+    return Metric(f"R@{k}", True, "%", recall_at(k), in_report=k != 50)
+
+
+#: Every rank metric, in column order.
+METRICS: tuple[Metric, ...] = (
+    *(_recall(k) for k in RECALL_KS),
+    Metric("MdR", False, "rank", median_rank),
+    Metric("MnR", False, "rank", mean_rank),
+)
+METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
+#: Statistics of every bootstrap interval, in this order (the registry's names).
+BOOTSTRAP_KEYS: tuple[str, ...] = METRIC_NAMES
+#: Query directions; a result column is ``<direction>_<metric>``.
+DIRECTIONS: tuple[str, ...] = ("t2v", "v2t")
+METRIC_COLUMNS: tuple[str, ...] = tuple(f"{d}_{m.name}" for d in DIRECTIONS for m in METRICS)
+INTERVAL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{b}" for c in METRIC_COLUMNS for b in ("lo", "hi"))
+STD_COLUMNS: tuple[str, ...] = tuple(f"{c}_std" for c in METRIC_COLUMNS)
+
+
+def metric_named(name: str) -> Metric:
+    """The registry's metric ``name``; any other ``R@<k>`` is built on the fly.
+
+    >>> metric_named("MnR").higher_is_better, metric_named("R@20").unit
+    (False, '%')
+    """
+    for metric in METRICS:
+        if metric.name == name:
+            return metric
+    if name.startswith("R@") and name[2:].isdigit():
+        return _recall(int(name[2:]))
+    raise ValueError(f"unknown metric {name!r}; known: {', '.join(METRIC_NAMES)} or R@<k>")
 
 
 class NonFiniteScoresError(ValueError):
@@ -270,12 +363,8 @@ def video_to_text_ranks(
     return 1 + at_least_best - correct_at_best
 
 
-def _recall_key(k: int) -> str:
-    return f"R@{k}"
-
-
 def summarize_ranks(ranks: Tensor) -> dict[str, float | int]:
-    """R@1/5/10/50 (percent), MdR, MnR and the query count of a set of 1-based ranks.
+    """Every registry metric (:data:`METRICS`) and the query count of a set of 1-based ranks.
 
     An empty set gives NaN for every metric and ``n_queries = 0``.
 
@@ -283,18 +372,8 @@ def summarize_ranks(ranks: Tensor) -> dict[str, float | int]:
     {'R@1': 25.0, 'R@5': 50.0, 'R@10': 75.0, 'R@50': 75.0, 'MdR': 4.5, 'MnR': 17.5, 'n_queries': 4}
     """
     ranks = _check_ranks(ranks)
-    n = int(ranks.numel())
-    out: dict[str, float | int] = {}
-    if n == 0:
-        out.update({_recall_key(k): math.nan for k in RECALL_KS})
-        out.update({"MdR": math.nan, "MnR": math.nan, "n_queries": 0})
-        return out
-    for k in RECALL_KS:
-        out[_recall_key(k)] = 100.0 * int((ranks <= k).sum()) / n
-    ordered = ranks.sort().values
-    out["MdR"] = (int(ordered[(n - 1) // 2]) + int(ordered[n // 2])) / 2.0
-    out["MnR"] = float(ranks.double().mean())
-    out["n_queries"] = n
+    out: dict[str, float | int] = {m.name: m(ranks) for m in METRICS}
+    out["n_queries"] = int(ranks.numel())
     return out
 
 
@@ -361,8 +440,7 @@ def _check_bootstrap_args(n_boot: int, level: float) -> None:
 
 def _check_keys(keys: Sequence[str]) -> tuple[str, ...]:
     for key in keys:
-        if key not in ("MdR", "MnR") and not (key.startswith("R@") and key[2:].isdigit()):
-            raise ValueError(f"unknown metric {key!r}; expected R@<k>, MdR or MnR")
+        metric_named(key)
     if not keys:
         raise ValueError("no metric requested")
     return tuple(keys)
@@ -414,24 +492,9 @@ def bootstrap_indices(
 
 
 def _rank_statistics(sample: Tensor, keys: Sequence[str]) -> Tensor:
-    """Metrics of resampled ranks: ``sample [..., n]`` long → ``[len(keys), ...]`` float64.
-
-    ``R@k`` in percent, ``MdR`` NumPy's median (mean of the two middle values), ``MnR`` the mean.
-    """
-    n = sample.shape[-1]
-    ordered: Tensor | None = None
-    out = []
-    for key in keys:
-        if key == "MdR":
-            if ordered is None:
-                ordered = sample.sort(dim=-1).values  # (..., n)
-            out.append(ordered[..., [(n - 1) // 2, n // 2]].double().mean(dim=-1))
-        elif key == "MnR":
-            out.append(sample.double().mean(dim=-1))
-        else:
-            hits = (sample <= int(key[2:])).sum(dim=-1)  # (...,)
-            out.append(100.0 * hits.double() / n)
-    return torch.stack(out)
+    """Registry metrics of resampled ranks: ``sample [..., n]`` long → ``[len(keys), ...]``
+    float64 (each :attr:`Metric.compute` over the last dimension)."""
+    return torch.stack([metric_named(key).compute(sample) for key in keys])
 
 
 def _stack_seeds(ranks_per_seed: Sequence[RankLike], what: str = "ranks") -> Tensor:
@@ -529,7 +592,7 @@ def two_level_bootstrap_ci(
 def bootstrap_ci(
     ranks: Tensor, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> dict[str, tuple[float, float]]:
-    """Percentile bootstrap confidence intervals over queries for R@1/5/10/50, MdR and MnR.
+    """Percentile bootstrap confidence intervals over queries for every registry metric.
 
     Queries are resampled with replacement ``n_boot`` times (indices drawn on the CPU with a
     generator seeded by ``seed``, so the result is the same on every device); each statistic's

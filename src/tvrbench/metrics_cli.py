@@ -22,10 +22,10 @@ computed, ``null`` in JSON).
 Output: a table (rows t2v, v2t) followed by the conventions, or with ``--json`` one JSON object
 ``{"t2v": {...}, "v2t": {...}, "mdr_convention": str, "v2t_convention": str,
 "v2t_convention_description": str, "tie_convention": str}`` whose ``t2v``/``v2t`` keys are
-``R@1 R@5 R@10 R@50 MdR MnR n_queries`` (with ``--postproc`` one more key ``"postproc"`` =
-``{"method", ...parameters}``). With ``--bootstrap N`` the intervals are added: as
-extra table rows, or in JSON as one more top-level key ``"ci"`` = ``{"level", "n_boot", "seed",
-"t2v": {metric: [lo, hi]}, "v2t": ...}``.
+the registry metrics (``R@1 R@5 R@10 R@50 MdR MnR`` …, :data:`tvrbench.metrics.METRICS`) and
+``n_queries`` (with ``--postproc`` one more key ``"postproc"`` = ``{"method", ...parameters}``).
+With ``--bootstrap N`` the intervals are added: as extra table rows, or in JSON as one more
+top-level key ``"ci"`` = ``{"level", "n_boot", "seed", "t2v": {metric: [lo, hi]}, "v2t": ...}``.
 
 Bad input exits with code 2 and one line on stderr (``tvrbench metrics: FILE: problem``).
 This module imports torch and NumPy only, never Lightning.
@@ -45,6 +45,7 @@ import torch
 
 from tvrbench.metrics import (
     MDR_CONVENTION,
+    METRIC_NAMES,
     TIE_CONVENTION,
     V2T_CONVENTIONS,
     NonFiniteScoresError,
@@ -60,7 +61,7 @@ from tvrbench.postproc import (
 )
 
 PROG = "tvrbench metrics"
-COLUMNS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "n_queries")
+COLUMNS = (*METRIC_NAMES, "n_queries")
 
 
 class MetricsInputError(ValueError):

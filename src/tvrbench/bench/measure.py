@@ -25,10 +25,9 @@ from tvrbench.bench.postproc import (
     with_postproc_ranks,
 )
 from tvrbench.bench.qualitative import qualitative_record
-from tvrbench.metrics import bootstrap_ci, summarize_ranks
+from tvrbench.metrics import DIRECTIONS, METRIC_NAMES, bootstrap_ci, summarize_ranks
 from tvrbench.precision import precision_label, tower_autocast
 
-METRIC_KEYS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
 SAMPLE_KEYS = ("input_ids", "attention_mask", "frames", "frame_mask")
 
 
@@ -81,12 +80,13 @@ def frames_at(sample: dict[str, torch.Tensor], n: int) -> tuple[torch.Tensor, to
 def metric_columns(
     ranks_t2v: torch.Tensor, ranks_v2t: torch.Tensor, n_boot: int, seed: int
 ) -> dict[str, Any]:
-    """``t2v_R@1 … v2t_MnR`` with their query-bootstrap ``_lo`` / ``_hi`` (NaN when empty)."""
+    """Every registry metric column (``t2v_R@1 … v2t_MnR``, :data:`~tvrbench.metrics.METRICS`)
+    with its query-bootstrap ``_lo`` / ``_hi`` (NaN when empty)."""
     row: dict[str, Any] = {}
-    for prefix, ranks in (("t2v", ranks_t2v), ("v2t", ranks_v2t)):
+    for prefix, ranks in zip(DIRECTIONS, (ranks_t2v, ranks_v2t)):
         summary = summarize_ranks(ranks)
         ci = bootstrap_ci(ranks, n_boot=n_boot, seed=seed) if len(ranks) else {}
-        for key in METRIC_KEYS:
+        for key in METRIC_NAMES:
             row[f"{prefix}_{key}"] = float(summary[key])
             lo, hi = ci.get(key, (math.nan, math.nan))
             row[f"{prefix}_{key}_lo"], row[f"{prefix}_{key}_hi"] = lo, hi

@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvrbench.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from tvrbench.metrics import INTERVAL_COLUMNS, METRIC_COLUMNS, STD_COLUMNS
 from tvrbench.precision import PRECISION_STORY
 
 if TYPE_CHECKING:
     from tvrbench.bench.qualitative import TestVideos
 
-METRICS = ("R@1", "R@5", "R@10", "R@50", "MdR", "MnR")
-METRIC_COLUMNS = [f"{d}_{k}" for d in ("t2v", "v2t") for k in METRICS]
-INTERVAL_COLUMNS = [f"{c}_{b}" for c in METRIC_COLUMNS for b in ("lo", "hi")]
 COST_COLUMNS = [
     "flops_frames",
     "gflops_text",
@@ -38,7 +36,7 @@ RESULT_COLUMNS = [
     "n_queries",
     *METRIC_COLUMNS,
     *INTERVAL_COLUMNS,
-    *[f"{c}_std" for c in METRIC_COLUMNS],
+    *STD_COLUMNS,
     "mean_duration_s",
     "mean_frames",
     *COST_COLUMNS,
@@ -70,7 +68,7 @@ STRESS_COLUMNS = [
     "n_queries",
     *METRIC_COLUMNS,
     *INTERVAL_COLUMNS,
-    *[f"{c}_std" for c in METRIC_COLUMNS],
+    *STD_COLUMNS,
     "mean_relevant_fraction",
     "mean_relevant_frames",
     "mean_frames",

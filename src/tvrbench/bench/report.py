@@ -40,8 +40,10 @@ from tvrbench.bench.seeds import (
 )
 from tvrbench.metrics import (
     MDR_CONVENTION,
+    METRICS,
     TIE_CONVENTION,
     V2T_CONVENTIONS,
+    Metric,
     PairedDifference,
     paired_two_level_bootstrap,
 )
@@ -385,6 +387,27 @@ def _with_spread(row: pd.Series, key: str, several: bool) -> str:
     return value
 
 
+def _main_header(name: str, spread: str) -> str:
+    """The main table's header of t2v metric ``name``: R@1 with spread and interval, MnR with
+    spread, every other metric bare."""
+    if name == "R@1":
+        return f"t2v R@1{spread} [95 % CI]"
+    return f"{name}{spread}" if name == "MnR" else name
+
+
+def _main_cell(r: pd.Series, metric: Metric, several: bool) -> str:
+    """The main table's cell of one t2v registry metric (see :func:`_main_header`)."""
+    column = f"t2v_{metric.name}"
+    if metric.name == "R@1":
+        return (
+            f"{_with_spread(r, column, several)} "
+            f"[{_fmt(r.get(column + '_lo'))}, {_fmt(r.get(column + '_hi'))}]"
+        )
+    if metric.name == "MnR":
+        return _with_spread(r, column, several)
+    return _fmt(r.get(column), metric.digits)
+
+
 def _per_seed_table(results: pd.DataFrame, seeds: list[Any]) -> list[str]:
     """t2v R@1 of every training seed, one row per method × bucket."""
     rows = per_seed_rows(results)
@@ -478,7 +501,7 @@ def _published_section(
     labelled with its source and protocol; methods without published DiDeMo numbers say so."""
     if not published and not methods:
         return []
-    metrics = ["R@1", "R@5", "R@10", "MdR", "MnR"]
+    metrics = [m.name for m in METRICS if m.in_report]
     rows = []
     for m in dict.fromkeys([*methods, *published]):
         p = published.get(m)
@@ -854,17 +877,14 @@ def render_report(
             "",
         ]
     spread = " ± std" if several else ""
+    shown = [m for m in METRICS if m.in_report]
     header = [
         "method",
         "bucket",
         "n",
         "dur s",
         "frames",
-        f"t2v R@1{spread} [95 % CI]",
-        "R@5",
-        "R@10",
-        "MdR",
-        f"MnR{spread}",
+        *(_main_header(m.name, spread) for m in shown),
         "v2t R@1",
         "v2t MnR",
         "chance R@1",
@@ -878,12 +898,7 @@ def render_report(
                 _fmt(r.get("n_queries")),
                 _fmt(r.get("mean_duration_s")),
                 _fmt(r.get("mean_frames")),
-                f"{_with_spread(r, 't2v_R@1', several)} "
-                f"[{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]",
-                _fmt(r.get("t2v_R@5")),
-                _fmt(r.get("t2v_R@10")),
-                _fmt(r.get("t2v_MdR")),
-                _with_spread(r, "t2v_MnR", several),
+                *(_main_cell(r, m, several) for m in shown),
                 _fmt(r.get("v2t_R@1")),
                 _fmt(r.get("v2t_MnR")),
                 _fmt(r.get("chance_R@1"), 2),

@@ -24,19 +24,22 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tvrbench.metrics import BOOTSTRAP_KEYS, two_level_bootstrap_ci
+from tvrbench.metrics import (
+    DIRECTIONS,
+    INTERVAL_COLUMNS,
+    METRIC_COLUMNS,
+    METRIC_NAMES,
+    STD_COLUMNS,
+    two_level_bootstrap_ci,
+)
 
 MEAN_SEED = "mean"
-DIRECTIONS = ("t2v", "v2t")
-METRIC_COLUMNS: tuple[str, ...] = tuple(f"{d}_{k}" for d in DIRECTIONS for k in BOOTSTRAP_KEYS)
-#: Columns an aggregated row adds to the per-seed ones.
-STD_COLUMNS: tuple[str, ...] = tuple(f"{c}_std" for c in METRIC_COLUMNS)
 SEED_COLUMNS: tuple[str, ...] = ("seed", "n_seeds")
 _RANK_KEYS = {"t2v": "ranks_t2v", "v2t": "ranks_v2t"}
 _RECOMPUTED = {
     *METRIC_COLUMNS,
     *STD_COLUMNS,
-    *(f"{c}_{b}" for c in METRIC_COLUMNS for b in ("lo", "hi")),
+    *INTERVAL_COLUMNS,
     "seed",
     "n_seeds",
 }
@@ -221,7 +224,7 @@ def aggregate_seed_rows(
                 )
             else:
                 ci = {}
-            for metric in BOOTSTRAP_KEYS:
+            for metric in METRIC_NAMES:
                 column = f"{direction}_{metric}"
                 if metric in ci:
                     lo, hi = ci[metric]
