@@ -24,7 +24,7 @@ from tvrbench.metrics import (
     video_to_text_ranks,
 )
 
-KEYS = ["R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "n_queries"]
+KEYS = ["R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "MRR", "n_queries"]
 
 # ----------------------------------------------------------------------- independent reference
 
@@ -51,7 +51,8 @@ def ref_v2t(sim: np.ndarray, t2v: np.ndarray) -> np.ndarray:
 
 def ref_summary(ranks: np.ndarray) -> dict:
     out = {f"R@{k}": 100.0 * float(np.mean(ranks <= k)) for k in (1, 5, 10, 50)}
-    out.update(MdR=float(np.median(ranks)), MnR=float(np.mean(ranks)), n_queries=len(ranks))
+    out.update(MdR=float(np.median(ranks)), MnR=float(np.mean(ranks)))
+    out.update(MRR=100.0 * float(np.mean(1.0 / ranks)), n_queries=len(ranks))
     return out
 
 
@@ -216,6 +217,16 @@ def test_median_rank_follows_numpy_for_odd_and_even_counts(n):
     assert "numpy" in MDR_CONVENTION and "two middle" in MDR_CONVENTION
 
 
+def test_mean_reciprocal_rank_hand_computed():
+    # 1/1 + 1/2 + 1/4 + 1/5 = 1.95 over 4 queries = 0.4875 -> 48.75 %
+    got = summarize_ranks(torch.tensor([1, 2, 4, 5]))
+    assert got["MRR"] == pytest.approx(48.75, abs=1e-12)
+    assert got["MnR"] == 3.0
+    # every query first: 100 %; one query at rank 10: 10 %
+    assert summarize_ranks(torch.tensor([1, 1, 1]))["MRR"] == 100.0
+    assert summarize_ranks(torch.tensor([10]))["MRR"] == pytest.approx(10.0, abs=1e-12)
+
+
 def test_summary_of_no_queries_is_nan_with_zero_count():
     out = summarize_ranks(torch.zeros(0, dtype=torch.long))
     assert out["n_queries"] == 0
@@ -364,6 +375,8 @@ def ref_stat(ranks: np.ndarray, key: str) -> float:
         return float(np.median(ranks))
     if key == "MnR":
         return float(np.mean(ranks))
+    if key == "MRR":
+        return 100.0 * float(np.mean(1.0 / ranks))
     return 100.0 * float(np.mean(ranks <= int(key[2:])))
 
 

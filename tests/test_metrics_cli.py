@@ -22,7 +22,7 @@ from tvrbench.metrics import (
     video_to_text_ranks,
 )
 
-KEYS = ["R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "n_queries"]
+KEYS = ["R@1", "R@5", "R@10", "R@50", "MdR", "MnR", "MRR", "n_queries"]
 CONVENTION_KEYS = {"mdr_convention", "v2t_convention", "v2t_convention_description"}
 CONVENTION_KEYS |= {"tie_convention"}
 PREFIX = "tvrbench metrics: "

@@ -159,6 +159,11 @@ def mean_rank(ranks: Tensor) -> Tensor:
     return ranks.double().mean(dim=-1)
 
 
+def mean_reciprocal_rank(ranks: Tensor) -> Tensor:
+    """MRR in percent, ``100 · mean(1 / rank)`` over the last dimension."""
+    return 100.0 * ranks.double().reciprocal().mean(dim=-1)
+
+
 def _recall(k: int) -> Metric:
     return Metric(f"R@{k}", True, "%", recall_at(k), in_report=k != 50)
 
@@ -168,6 +173,7 @@ METRICS: tuple[Metric, ...] = (
     *(_recall(k) for k in RECALL_KS),
     Metric("MdR", False, "rank", median_rank),
     Metric("MnR", False, "rank", mean_rank),
+    Metric("MRR", True, "%", mean_reciprocal_rank),
 )
 METRIC_NAMES: tuple[str, ...] = tuple(m.name for m in METRICS)
 #: Statistics of every bootstrap interval, in this order (the registry's names).
@@ -368,8 +374,9 @@ def summarize_ranks(ranks: Tensor) -> dict[str, float | int]:
 
     An empty set gives NaN for every metric and ``n_queries = 0``.
 
-    >>> summarize_ranks(torch.tensor([1, 2, 7, 60]))
-    {'R@1': 25.0, 'R@5': 50.0, 'R@10': 75.0, 'R@50': 75.0, 'MdR': 4.5, 'MnR': 17.5, 'n_queries': 4}
+    >>> out = summarize_ranks(torch.tensor([1, 2, 7, 60]))
+    >>> out["R@1"], out["R@10"], out["R@50"], out["MdR"], out["MnR"], round(out["MRR"], 2)
+    (25.0, 75.0, 75.0, 4.5, 17.5, 41.49)
     """
     ranks = _check_ranks(ranks)
     out: dict[str, float | int] = {m.name: m(ranks) for m in METRICS}
@@ -601,7 +608,7 @@ def bootstrap_ci(
 
     >>> ci = bootstrap_ci(torch.tensor([1, 1, 2, 3, 8, 20]), n_boot=200, seed=0)
     >>> sorted(ci)
-    ['MdR', 'MnR', 'R@1', 'R@10', 'R@5', 'R@50']
+    ['MRR', 'MdR', 'MnR', 'R@1', 'R@10', 'R@5', 'R@50']
     >>> lo, hi = ci["MnR"]
     >>> lo <= 35 / 6 <= hi
     True
