@@ -256,7 +256,8 @@ def test_extract_features_command_rejects_a_bad_split(tmp_path, capsys):
 
 
 def test_report_labels_only_the_fast_protocol():
-    from tvrbench.bench.report import findings, render_report
+    from tvrbench.bench.findings import findings
+    from tvrbench.bench.report import render_report
 
     df = pd.DataFrame([{"method": "A", "bucket": "all", "n_queries": 10, "t2v_R@1": 50.0}])
     finetune = render_report(df, None, {"data": "didemo"}, findings(df))

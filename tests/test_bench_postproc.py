@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from tvrbench.bench.findings import postproc_findings
 from tvrbench.bench.outputs import combine
 from tvrbench.bench.postproc import (
     PostprocSettings,
@@ -18,7 +19,7 @@ from tvrbench.bench.postproc import (
     ranks_view,
     with_postproc_ranks,
 )
-from tvrbench.bench.report import postproc_findings, render_report
+from tvrbench.bench.report import render_report
 from tvrbench.postproc import PostprocError
 
 

@@ -11,8 +11,9 @@ import torch
 
 from tvrbench.bench import report
 from tvrbench.bench.environment import collect_environment, cpu_model, device_name
+from tvrbench.bench.findings import findings
 from tvrbench.bench.plots import method_colours, plot_all, plot_stress
-from tvrbench.bench.report import findings, render_report
+from tvrbench.bench.report import render_report
 from tvrbench.bench.seeds import aggregate_seed_rows
 from tvrbench.metrics import MDR_CONVENTION, bootstrap_ci, paired_two_level_bootstrap
 

@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tvrbench.bench.findings import stress_findings
 from tvrbench.bench.outputs import METRIC_COLUMNS, STRESS_COLUMNS
 from tvrbench.bench.runner import main
-from tvrbench.bench.stress import main as stress_main
-from tvrbench.bench.stress import stress_findings
+from tvrbench.stress_cli import main as stress_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "bench" / "tiny.yaml"

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "test": ("tvrbench.train:test_main", "evaluate on the test split, overall and per bucket"),
     "bench": ("tvrbench.bench.runner:main", "run the benchmark (configs/bench/didemo.yaml)"),
     "stress": (
-        "tvrbench.bench.stress:main",
+        "tvrbench.stress_cli:main",
         "evaluate a run's checkpoints at other injected lengths (--run DIR)",
     ),
     "metrics": ("tvrbench.metrics_cli:main", "score a similarity matrix saved as .npy/.pt"),

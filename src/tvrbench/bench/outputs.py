@@ -180,14 +180,9 @@ def write_outputs(
     sheet (or writes its page without the image)."""
     import pandas as pd
 
+    from tvrbench.bench.findings import findings, postproc_findings, stress_findings
     from tvrbench.bench.plots import plot_all
-    from tvrbench.bench.report import (
-        FAST_PROTOCOL_BANNER,
-        SYNTHETIC_BANNER,
-        findings,
-        postproc_findings,
-        render_report,
-    )
+    from tvrbench.bench.report import FAST_PROTOCOL_BANNER, SYNTHETIC_BANNER, render_report
     from tvrbench.bench.seeds import seeds_note
     from tvrbench.metrics import MDR_CONVENTION, V2T_CONVENTIONS
 
@@ -225,8 +220,6 @@ def write_outputs(
     postproc = {key(r): r["postproc"] for r in records if r.get("postproc")}
     stress_lines: list[str] = []
     if stress is not None:
-        from tvrbench.bench.stress import stress_findings
-
         stress_lines = stress_findings(stress)
     plots = plot_all(results, gallery, run_dir, synthetic) if rows else []
     if stress is not None:

@@ -1,18 +1,5 @@
-"""The benchmark report: tables and findings computed from the numbers.
-
-Findings (text→video R@1, and t2v mean rank):
-
-* the winner of every length bucket and of "all", and whether its lead over the runner-up is a
-  **finding**: with per-query ranks (the runner always has them) the test is the **two-level
-  paired bootstrap** of the difference (:func:`tvrbench.metrics.paired_two_level_bootstrap`:
-  the same resampled training seeds and, inside each, the same resampled queries for both
-  methods); a finding when its 95 % interval excludes 0. Each line also says in how many seeds
-  the order held ("3/3 seeds"). Without ranks it falls back to **non-overlapping 95 % intervals**
-  (conservative). The report says which was used. With one seed every verdict says that training
-  variance was not measured (SPEC §4.1).
-* accuracy per GFLOP: R@1 divided by the GFLOPs of one (text, video) pair end to end
-  (text encoding + video encoding + pair scoring);
-* how the ranking of the methods changes from the shortest to the longest bucket.
+"""The benchmark report: the Markdown page of a run, its tables formatted from the numbers and
+the findings' sentences computed by :mod:`tvrbench.bench.findings`.
 
 ``results`` holds per-seed rows (``seed`` = the training seed) and the aggregated rows
 (``seed = "mean"``, :func:`tvrbench.bench.seeds.aggregate_seed_rows`); the headline numbers are
@@ -29,10 +16,7 @@ import numpy as np
 import pandas as pd
 
 from tvrbench.bench.seeds import (
-    bucket_query_ids,
-    bucket_ranks,
     count_seeds,
-    normalise_ranks,
     per_seed_rows,
     seed_key,
     seeds_note,
@@ -44,8 +28,6 @@ from tvrbench.metrics import (
     TIE_CONVENTION,
     V2T_CONVENTIONS,
     Metric,
-    PairedDifference,
-    paired_two_level_bootstrap,
 )
 
 SYNTHETIC_BANNER = "SYNTHETIC DATA — these are not DiDeMo numbers"
@@ -72,7 +54,8 @@ def bucket_order(results: pd.DataFrame) -> list[str]:
     return [b for b in dict.fromkeys(results["bucket"].astype(str)) if b != "all"]
 
 
-def _fmt(x: Any, digits: int = 1) -> str:
+def format_value(x: Any, digits: int = 1) -> str:
+    """A number as the report prints it (``–`` for missing, ``digits`` decimals)."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "–"
     if isinstance(x, (int, np.integer)):
@@ -85,289 +68,13 @@ def _fmt(x: Any, digits: int = 1) -> str:
     return str(x)
 
 
+_fmt = format_value
+
+
 def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def _ordinal(i: int) -> str:
-    return {1: "1st", 2: "2nd", 3: "3rd"}.get(i, f"{i}th")
-
-
-def _paired(
-    ranks: dict[str, dict[Any, Mapping[str, Any]]],
-    a: str,
-    b: str,
-    bucket: str,
-    key: str,
-    n_boot: int,
-    seed: int,
-) -> PairedDifference | None:
-    """Two-level paired bootstrap of ``key`` (``R@1``, ``MnR``, …) on t2v, ``a − b``, in one
-    bucket; None when either method's per-query ranks are missing or do not pair up."""
-    if a not in ranks or b not in ranks:
-        return None
-    per_a: dict[Any, np.ndarray] = {}
-    per_b: dict[Any, np.ndarray] = {}
-    ids_a: dict[Any, np.ndarray] = {}
-    ids_b: dict[Any, np.ndarray] = {}
-    for s in set(ranks[a]) & set(ranks[b]):
-        ra = bucket_ranks(ranks[a][s], "t2v", bucket)
-        rb = bucket_ranks(ranks[b][s], "t2v", bucket)
-        if ra is None or rb is None or not ra.size or ra.shape != rb.shape:
-            continue
-        per_a[s], per_b[s] = ra, rb
-        ia, ib = bucket_query_ids(ranks[a][s], bucket), bucket_query_ids(ranks[b][s], bucket)
-        if ia is not None and ib is not None:
-            ids_a[s], ids_b[s] = ia, ib
-    if not per_a:
-        return None
-    with_ids = len(ids_a) == len(per_a)
-    try:
-        return paired_two_level_bootstrap(
-            per_a,
-            per_b,
-            metric=key,
-            n_boot=n_boot,
-            seed=seed,
-            query_ids_a=ids_a if with_ids else None,
-            query_ids_b=ids_b if with_ids else None,
-        )
-    except ValueError:  # e.g. the two methods ranked different query ids
-        return None
-
-
-def _order_phrase(d: PairedDifference, a: str, b: str) -> str:
-    if d.diff == 0:
-        return f"tied in {d.seeds_held}/{d.n_seeds} seeds"
-    first, second = (a, b) if d.diff > 0 else (b, a)
-    return f"{first} ahead of {second} in {d.seeds_held}/{d.n_seeds} seeds"
-
-
-def _held_from_rows(
-    per_seed: pd.DataFrame | None, a: str, b: str, bucket: str, key: str, higher: bool
-) -> str | None:
-    """``"a ahead of b in k/S seeds"`` from per-seed rows (no ranks needed), or None."""
-    if per_seed is None or "seed" not in per_seed or key not in per_seed or not len(per_seed):
-        return None
-    rows = per_seed[per_seed["bucket"].astype(str) == bucket]
-
-    def by_seed(method: str) -> pd.Series:
-        own = rows[rows["method"].astype(str) == method]
-        return pd.Series(own[key].to_numpy(), index=[seed_key(s) for s in own["seed"]])
-
-    va, vb = by_seed(a), by_seed(b)
-    common = [s for s in va.index if s in vb.index]
-    if not common:
-        return None
-    sign = 1.0 if higher else -1.0
-    wins = sum(1 for s in common if sign * (float(va[s]) - float(vb[s])) > 0)
-    return f"{a} ahead of {b} in {wins}/{len(common)} seeds"
-
-
-def _variance_line(n_seeds: int) -> str:
-    if n_seeds <= 1:
-        return (
-            "**training variance was not measured (1 seed)**: every interval below covers only "
-            "which test queries were drawn; retraining with another seed can move R@1 by as much "
-            "as the gaps between methods (SPEC §4.1)."
-        )
-    return (
-        f"**training variance**: {n_seeds} seeds per method; numbers are seed means, intervals "
-        "come from a two-level bootstrap (seeds, then queries), and a difference is a finding "
-        "only when the two-level paired-bootstrap 95 % interval of the difference excludes 0."
-    )
-
-
-def _mean_rank_findings(
-    results: pd.DataFrame,
-    buckets: list[str],
-    ranks: dict[str, dict[Any, Mapping[str, Any]]] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    n_seeds: int = 1,
-) -> list[str]:
-    """Lowest t2v mean rank per bucket and whether its lead is a finding (the paired bootstrap
-    with ranks, else whether the 95 % intervals clear each other). R@1 only looks at the top of
-    the ranking; MnR sees every query, so the two can disagree."""
-    key = "t2v_MnR"
-    if key not in results:
-        return []
-    parts = []
-    for bucket in buckets:
-        rows = results[results["bucket"].astype(str) == bucket].dropna(subset=[key])
-        if len(rows) < 2:
-            continue
-        rows = rows.sort_values(key)
-        best, second = rows.iloc[0], rows.iloc[1]
-        a, b = str(best["method"]), str(second["method"])
-        paired = _paired(ranks or {}, a, b, bucket, "MnR", n_boot, seed)
-        if paired is not None:
-            verdict = (
-                f"difference {paired.diff:+.1f} [{paired.lo:+.1f}, {paired.hi:+.1f}], "
-                f"{paired.seeds_held}/{paired.n_seeds} seeds → "
-                + ("**a finding**" if paired.excludes_zero else "not a finding")
-            )
-        else:
-            lo_2, hi_1 = second.get(key + "_lo"), best.get(key + "_hi")
-            if hi_1 is None or lo_2 is None or math.isnan(float(hi_1)) or math.isnan(float(lo_2)):
-                verdict = "no intervals"
-            elif float(hi_1) < float(lo_2):
-                verdict = "95 % intervals do not overlap"
-            else:
-                verdict = "95 % intervals overlap"
-        where = "overall" if bucket == "all" else bucket
-        parts.append(
-            f"{where}: {best['method']} {_fmt(best[key])} vs {second['method']} "
-            f"{_fmt(second[key])} ({verdict})"
-        )
-    if not parts:
-        return []
-    method = "two-level paired bootstrap" if ranks else "interval overlap"
-    tail = f" ({NOT_MEASURED})" if n_seeds <= 1 else ""
-    return [
-        f"**lowest t2v mean rank** (MnR, lower is better; {method}): "
-        + "; ".join(parts)
-        + f"{tail}."
-    ]
-
-
-def findings(
-    results: pd.DataFrame,
-    ranks: RanksBySeed | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-    costs: bool = True,
-) -> list[str]:
-    """Sentences computed from a results table.
-
-    Args:
-        results: rows per method × bucket (× seed): needs ``method, bucket, t2v_R@1,
-            t2v_R@1_lo, t2v_R@1_hi`` and, for accuracy per GFLOP, ``gflops_text, gflops_video,
-            gflops_pair``. With a ``seed`` column the ``seed == "mean"`` rows are the headline and
-            the integer-seed rows count the seeds.
-        ranks: ``{method: {seed: {"ranks_t2v": [n], "bucket": [n] names, "index": [n]}}}``,
-            per-query test ranks of every training seed (``index`` pairs the queries of two
-            methods; without it they pair by position). The one-seed layout ``{method:
-            {"ranks_t2v": ..., ...}}`` is accepted too. Enables the paired bootstrap.
-        n_boot, seed: resamples and resampling seed of the paired bootstrap.
-        costs: add the accuracy-per-GFLOP sentence.
-
-    Returns:
-        Markdown sentences; the first says whether training variance was measured.
-    """
-    headline = summary_rows(results)
-    per_seed = per_seed_rows(results) if "seed" in results else None
-    all_ranks = normalise_ranks(ranks)
-    n_seeds = max([count_seeds(results), *(len(v) for v in all_ranks.values())])
-    out: list[str] = [_variance_line(n_seeds)]
-    buckets = bucket_order(headline)
-    methods = list(dict.fromkeys(headline["method"]))
-    for bucket in [*buckets, "all"]:
-        rows = headline[headline["bucket"].astype(str) == bucket].dropna(subset=[METRIC])
-        if len(rows) == 0:
-            continue
-        rows = rows.sort_values(METRIC, ascending=False, kind="stable")
-        best = rows.iloc[0]
-        where = "overall" if bucket == "all" else f"bucket {bucket}"
-        n_q = int(best["n_queries"]) if "n_queries" in best else None
-        head = f"**{where}**" + (f" ({n_q} queries)" if n_q is not None else "")
-        if len(rows) == 1:
-            out.append(f"{head}: only {best['method']} was run ({_fmt(best[METRIC])} R@1).")
-            continue
-        second = rows.iloc[1]
-        lead = float(best[METRIC] - second[METRIC])
-        verdict = _significance(best, second, bucket, all_ranks, per_seed, n_boot, seed)
-        if n_seeds <= 1:
-            verdict = verdict.removesuffix(".") + f" ({NOT_MEASURED})."
-        tie = " (tied)" if lead == 0 else ""
-        verb = "ties for first on" if lead == 0 else "wins"
-        out.append(
-            f"{head}: {best['method']} {verb} t2v R@1 with {_fmt(best[METRIC])} "
-            f"[{_fmt(best.get(METRIC + '_lo'))}, {_fmt(best.get(METRIC + '_hi'))}] vs runner-up "
-            f"{second['method']} {_fmt(second[METRIC])} "
-            f"[{_fmt(second.get(METRIC + '_lo'))}, {_fmt(second.get(METRIC + '_hi'))}]{tie}; "
-            f"{verdict}"
-        )
-    out.extend(_mean_rank_findings(headline, [*buckets, "all"], all_ranks, n_boot, seed, n_seeds))
-    # Accuracy per GFLOP, overall.
-    cost_cols = ["gflops_text", "gflops_video", "gflops_pair"]
-    overall = headline[headline["bucket"].astype(str) == "all"]
-    if costs and len(overall) and all(c in overall for c in cost_cols):
-        cost = overall[cost_cols].sum(axis=1)
-        per = (overall[METRIC] / cost).where(cost > 0)
-        parts = [
-            f"{m} {_fmt(float(v), 2)}" for m, v in zip(overall["method"], per) if not math.isnan(v)
-        ]
-        if parts:
-            best_m = overall["method"].iloc[int(np.nanargmax(per.to_numpy()))]
-            out.append(
-                "**accuracy per GFLOP** (t2v R@1 points per GFLOP of one text encoding + one "
-                f"video encoding + one pair score, overall): {', '.join(parts)}; "
-                f"most efficient: {best_m}."
-            )
-    # Ranking change from the shortest to the longest bucket.
-    if len(buckets) >= 2 and len(methods) >= 2:
-        first, last = buckets[0], buckets[-1]
-        r_first = _ranking(headline, first)
-        r_last = _ranking(headline, last)
-        if r_first and r_last:
-            if r_first == r_last:
-                out.append(
-                    f"**ranking by length**: unchanged from the shortest bucket ({first}) to the "
-                    f"longest ({last}): {' > '.join(r_first)}."
-                )
-            else:
-                moves = []
-                for m in r_last:
-                    if m in r_first:
-                        a, b = r_first.index(m) + 1, r_last.index(m) + 1
-                        if a != b:
-                            moves.append(f"{m} {_ordinal(a)} → {_ordinal(b)}")
-                out.append(
-                    f"**ranking by length**: shortest bucket ({first}) {' > '.join(r_first)}; "
-                    f"longest bucket ({last}) {' > '.join(r_last)} ({'; '.join(moves)})."
-                )
-    return out
-
-
-def _ranking(results: pd.DataFrame, bucket: str) -> list[str]:
-    rows = results[results["bucket"].astype(str) == bucket].dropna(subset=[METRIC])
-    return list(rows.sort_values(METRIC, ascending=False, kind="stable")["method"])
-
-
-def _significance(
-    best: pd.Series,
-    second: pd.Series,
-    bucket: str,
-    ranks: dict[str, dict[Any, Mapping[str, Any]]],
-    per_seed: pd.DataFrame | None,
-    n_boot: int,
-    seed: int,
-) -> str:
-    a, b = str(best["method"]), str(second["method"])
-    paired = _paired(ranks, a, b, bucket, "R@1", n_boot, seed)
-    if paired is not None:
-        return (
-            f"the difference {paired.diff:+.1f} points has two-level paired-bootstrap 95 % "
-            f"interval [{paired.lo:+.1f}, {paired.hi:+.1f}] ({paired.n_seeds} seed"
-            f"{'s' if paired.n_seeds != 1 else ''} × {paired.n_queries} queries), "
-            f"{_order_phrase(paired, a, b)} → "
-            + (
-                "**a finding**."
-                if paired.excludes_zero
-                else "not a finding (the interval contains 0)."
-            )
-        )
-    held = _held_from_rows(per_seed, a, b, bucket, METRIC, higher=True)
-    held_text = f" ({held})" if held else ""
-    lo_a, hi_b = best.get(METRIC + "_lo"), second.get(METRIC + "_hi")
-    if lo_a is None or hi_b is None or math.isnan(float(lo_a)) or math.isnan(float(hi_b)):
-        return f"no intervals available to judge significance{held_text}."
-    if float(lo_a) > float(hi_b):
-        return f"the 95 % intervals do not overlap{held_text} → **a finding**."
-    return f"the 95 % intervals overlap{held_text} → not a finding."
 
 
 def _seed_list(results: pd.DataFrame, info: Mapping[str, Any]) -> list[Any]:
@@ -598,31 +305,6 @@ POSTPROC_ELSEWHERE = (
     "'inverted softmax', DiCoSA's metrics are computed on QB-Norm matrices only; CenterCLIP has "
     "DSL commented out. Such numbers belong in the DSL / QB-Norm columns, not in `none`."
 )
-
-
-def postproc_findings(
-    results: pd.DataFrame,
-    ranks: Mapping[str, RanksBySeed] | None = None,
-    n_boot: int = 1000,
-    seed: int = 0,
-) -> list[str]:
-    """The overall winner and lowest-mean-rank findings (:func:`findings`, same tests) of every
-    post-processing other than ``none``, each prefixed ``[DSL]`` / ``[QB-Norm]`` (the per-bucket
-    numbers are in the report's post-processing table). ``results`` has a ``postproc`` column;
-    ``ranks``: ``{postproc: ranks}``."""
-    from tvrbench.bench.postproc import label
-
-    if "postproc" not in results:
-        return []
-    out: list[str] = []
-    for pp in dict.fromkeys(results["postproc"].astype(str)):
-        if pp == "none":
-            continue
-        rows = results[results["postproc"].astype(str) == pp]
-        lines = findings(rows, (ranks or {}).get(pp), n_boot=n_boot, seed=seed, costs=False)
-        kept = [ln for ln in lines if ln.startswith(("**overall**", "**lowest t2v mean rank**"))]
-        out += [f"[{label(pp)}] {line}" for line in kept]
-    return out
 
 
 def _postproc_cells(table: pd.DataFrame, group: str, methods: Sequence[str]) -> list[list[str]]:
