@@ -241,17 +241,17 @@ def plot_qualitative(
     strips: Mapping[int, np.ndarray | None],
     path: Path,
     synthetic: bool,
+    top_k: int,
 ) -> str:
     """The qualitative retrieval sheet (:mod:`tvrbench.bench.qualitative`) as one PNG.
 
     Per query: a header row (its correct video's strip, the bucket and the wrapped, truncated
     paragraph), then one row per method: its name and the rank of the correct video, then its
     top videos as thumbnail strips, the correct one outlined in green. ``strips``: uint8
-    ``[h, w, 3]`` per dataset index (None: unreadable, drawn blank). Returns the file name.
+    ``[h, w, 3]`` per dataset index (None: unreadable, drawn blank); ``top_k``: the videos listed
+    per method (the sheet's ``TOP_K``). Returns the file name.
     """
     import textwrap
-
-    from tvrbench.bench.qualitative import TOP_K
 
     plt = _pyplot()
     heights: list[float] = []
@@ -261,9 +261,9 @@ def plot_qualitative(
     fig = plt.figure(figsize=(12.5, height_in))
     grid = fig.add_gridspec(
         len(heights),
-        1 + TOP_K,
+        1 + top_k,
         height_ratios=heights,
-        width_ratios=[1.25] + [1.0] * TOP_K,
+        width_ratios=[1.25] + [1.0] * top_k,
         hspace=0.55,
         wspace=0.08,
         top=1.0 - 0.7 / height_in,  # the title's room, whatever the number of rows
@@ -326,9 +326,9 @@ def plot_qualitative(
                 fontsize=8,
                 va="center",
                 transform=ax.transAxes,
-                color="green" if row.rank is not None and row.rank <= TOP_K else "black",
+                color="green" if row.rank is not None and row.rank <= top_k else "black",
             )
-            for j in range(TOP_K):
+            for j in range(top_k):
                 ax = fig.add_subplot(grid[r, 1 + j])
                 if j < len(row.thumbs):
                     t = row.thumbs[j]
@@ -338,7 +338,7 @@ def plot_qualitative(
             r += 1
     seeds = sorted(set(sheet.seeds.values()))
     title = (
-        f"Text→video top-{TOP_K} per method (plain similarity; first seed of each method: "
+        f"Text→video top-{top_k} per method (plain similarity; first seed of each method: "
         f"{', '.join(map(str, seeds))}); correct video outlined in green"
     )
     fig.suptitle(title + (f"\n{SYNTHETIC_BANNER}" if synthetic else ""), fontsize=10, y=0.995)

@@ -344,7 +344,7 @@ def write_qualitative(
         text = render_page(sheet, synthetic, None, "the test split was not loaded")
     else:
         plot_qualitative(
-            sheet, _strips(test_data, sheet.videos), Path(run_dir) / SHEET_PNG, synthetic
+            sheet, _strips(test_data, sheet.videos), Path(run_dir) / SHEET_PNG, synthetic, TOP_K
         )
         text = render_page(sheet, synthetic, SHEET_PNG)
     atomic_write_text(page, text)
