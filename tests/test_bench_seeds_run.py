@@ -32,7 +32,9 @@ def test_two_seeds_and_resume_of_one_pair(tmp_path):
     assert len(means) * 2 == len(per_seed)
     assert (means["n_seeds"] == 2).all()
     for _, row in means.iterrows():
-        g = per_seed[(per_seed["method"] == row["method"]) & (per_seed["bucket"] == row["bucket"])]
+        same = (per_seed["method"] == row["method"]) & (per_seed["bucket"] == row["bucket"])
+        g = per_seed[same & (per_seed["postproc"] == row["postproc"])]
+        assert len(g) == 2
         for c in METRIC_COLUMNS:
             assert abs(row[c] - g[c].astype(float).mean()) < 1e-9
             assert abs(row[f"{c}_std"] - g[c].astype(float).std(ddof=1)) < 1e-9
