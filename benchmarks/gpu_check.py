@@ -545,6 +545,33 @@ def step_loader(ctx: Context) -> StepResult:
     return StepResult("loader", ok, figures, error)
 
 
+def step_decoders(ctx: Context) -> StepResult:
+    """Decode the shared sample videos with every reader (decord, PyAV, torchcodec when it
+    imports — its wheels need the CUDA build of torch, so this is where it gets measured):
+    frames per CPU-second, and whether the readers agree on the frame count."""
+    from tvrbench.data.video import SamplingConfig, available_readers, decode_video
+
+    videos = sorted(p for p in (ROOT.parent / "shared" / "videos").glob("*.mp4"))[:2]
+    if not videos:
+        return StepResult("decoders", True, {"skipped": "no sample videos in ../shared/videos"})
+    sampling = SamplingConfig(1.0, 64, 31.0, 224 if ctx.sizes.clip != "tiny" else 32)
+    rows, counts = [], {}
+    for reader, why in available_readers().items():
+        if why is not None:
+            rows.append({"reader": reader, "skipped": why})
+            continue
+        frames, cpu0 = 0, time.process_time()
+        for path in videos:
+            n = len(decode_video(path, sampling, reader).frames)
+            counts.setdefault(path.name, set()).add(n)
+            frames += n
+        cpu_s = time.process_time() - cpu0
+        rows.append({"reader": reader, "frames": frames, "frames_per_cpu_s": frames / cpu_s})
+    agree = all(len(c) == 1 for c in counts.values())
+    error = None if agree else f"readers disagree on frame counts: {counts}"
+    return StepResult("decoders", agree, {"videos": [p.name for p in videos], "rows": rows}, error)
+
+
 STEPS: dict[str, Callable[[Context], StepResult]] = {
     "environment": step_environment,
     "tiny_bench": step_tiny_bench,
@@ -554,6 +581,7 @@ STEPS: dict[str, Callable[[Context], StepResult]] = {
     "matmul_rate": step_matmul_rate,
     "flops": step_flops,
     "loader": step_loader,
+    "decoders": step_decoders,
 }
 
 

@@ -137,14 +137,10 @@ def generate_clip(path: Path, height: int, seconds: float = 30.0) -> Path | None
 
 
 def readers() -> list[str]:
-    names = ["decord", "pyav", "auto"]
-    try:
-        import torchcodec.decoders  # noqa: F401
+    from tvrbench.data.video import available_readers
 
-        names.append("torchcodec")
-    except Exception:
-        pass
-    return names
+    usable = [name for name, why in available_readers().items() if why is None]
+    return [*usable, "auto"]
 
 
 def bench_raw(clips: dict[str, Path], repeats: int) -> list[Row]:

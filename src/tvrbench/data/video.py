@@ -481,6 +481,25 @@ def decode_pyav(path: Path, sampling: SamplingConfig) -> DecodedVideo:
     return DecodedVideo(frames, picked, float(duration_s), "pyav")
 
 
+def available_readers() -> dict[str, str | None]:
+    """Every concrete reader and why it cannot be used here (None: importable).
+
+    torchcodec's wheels link the CUDA build of torch, so it is often absent on CPU machines;
+    decord has no wheels off x86_64."""
+    out: dict[str, str | None] = {}
+    for name, module in (
+        ("decord", "decord"),
+        ("pyav", "av"),
+        ("torchcodec", "torchcodec.decoders"),
+    ):
+        try:
+            __import__(module)
+            out[name] = None
+        except Exception as err:  # ImportError, or a torch ABI mismatch (OSError/RuntimeError)
+            out[name] = f"not importable ({type(err).__name__}: {str(err).splitlines()[0][:120]})"
+    return out
+
+
 def decode_torchcodec(path: Path, sampling: SamplingConfig) -> DecodedVideo:
     """Decode with torchcodec (PyTorch's FFmpeg decoder; optional extra ``tvrbench[torchcodec]``).
 
