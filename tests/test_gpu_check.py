@@ -21,6 +21,7 @@ STEPS = [
     "matmul_rate",
     "flops",
     "loader",
+    "decoders",
 ]
 
 
