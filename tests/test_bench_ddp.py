@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from tvrbench.bench.runner import main
 
@@ -38,6 +39,8 @@ def _files(run: Path) -> set[str]:
     }
 
 
+@pytest.mark.slow  # 25 s; the fast suite keeps 2-process gloo DDP in test_ddp.py and the
+# launcher's DDP child in test_bench_launch.py (slow too): `make test-all` runs this one
 def test_two_process_bench_matches_one_process_layout(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     single = _run(tmp_path, "single", devices=1)

@@ -266,6 +266,8 @@ class RunSpec:
             "method_file": self.method_file,
             **{k: model.get(k) for k in OPTIMIZER_KEYS},
             **{k: trainer.get(k) for k in TRAINER_KEYS},
+            # Lightning's default when the trainer config names none: say it, not "–".
+            "precision": trainer.get("precision") or "32-true",
             "batch_size": data.get("batch_size"),
             **batch_split_record(data.get("batch_size"), trainer),
             "max_words": data.get("max_words"),
