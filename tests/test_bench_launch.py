@@ -360,3 +360,16 @@ def test_ddp_child_ignores_parent_slurm_and_rank_variables(tmp_path, monkeypatch
     curves = pd.read_csv(run / "logs" / "meanp" / "seed0" / "metrics.csv")
     assert "val/R@1" in curves.columns and curves["val/R@1"].notna().any()  # child's curves
     assert list((run / "logs" / "meanp" / "seed0-test").glob("*")), "test logs beside them"
+
+
+def test_one_device_keeps_the_named_gpu_and_evaluation_trainer_targets_it():
+    """``DEVICE=cuda:1`` must not quietly test on GPU 0 (Lightning's ``devices=1``)."""
+    import torch
+
+    from tvrbench.bench.method import one_device
+    from tvrbench.device import trainer_devices
+
+    assert one_device({"devices": [2, 3], "num_nodes": 2})["devices"] == [2]
+    assert one_device({"devices": 4})["devices"] == 1
+    assert trainer_devices(torch.device("cuda:1")) == ("gpu", [1])
+    assert trainer_devices(torch.device("cpu")) == ("cpu", 1)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 
 
@@ -17,3 +20,34 @@ def resolve_device(device: str) -> torch.device:
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
     return resolved
+
+
+def trainer_devices(device: torch.device) -> tuple[str, int | list[int]]:
+    """Lightning's ``(accelerator, devices)`` for exactly ``device``: ``cuda:1`` is ``("gpu",
+    [1])`` — ``devices=1`` would mean the first GPU, not the one asked for."""
+    if device.type == "cuda":
+        return "gpu", [device.index if device.index is not None else torch.cuda.current_device()]
+    return "cpu", 1
+
+
+def evaluation_trainer(
+    device: torch.device,
+    precision: Any = "32-true",
+    progress: bool = False,
+    callbacks: Sequence[Any] = (),
+):
+    """A one-device Lightning trainer for ``trainer.test`` on ``device`` (no logger, no
+    checkpoints): the controlled-length evaluations and the QB-Norm bank encoding."""
+    import lightning as L
+
+    accelerator, devices = trainer_devices(device)
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_model_summary=False,
+        enable_progress_bar=progress,
+        callbacks=list(callbacks),
+    )

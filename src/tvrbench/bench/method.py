@@ -82,9 +82,12 @@ def is_distributed(trainer_cfg: dict[str, Any]) -> bool:
 
 
 def one_device(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The same trainer on one device (test and measurement)."""
+    """The same trainer on one device (test and measurement): the first of its device list when
+    it names GPU ids (``[2, 3]`` → ``[2]``), else one device."""
     out = dict(trainer_cfg)
-    out.update(devices=1, num_nodes=1, strategy="auto")
+    devices = trainer_cfg.get("devices")
+    first = [devices[0]] if isinstance(devices, (list, tuple)) and devices else 1
+    out.update(devices=first, num_nodes=1, strategy="auto")
     return out
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 
+from tvrbench.device import evaluation_trainer
 from tvrbench.postproc import (
     POSTPROC_LABELS,
     DSLSettings,
@@ -152,15 +153,7 @@ def encode_query_bank(
     the module's own evaluation path (one device, ``precision`` as the test's; states kept in
     float32). ``module.last_eval`` is left as it was."""
     kept = module.last_eval
-    trainer = L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=False,
-    )
+    trainer = evaluation_trainer(device, precision)
     trainer.test(
         module, datamodule=QueryBankData(datamodule, settings.bank_max_queries, settings.seed)
     )

@@ -216,12 +216,14 @@ def run_bench(
         "trainer": trainer_overrides or {},
     }
     accelerator = "gpu" if torch_device.type == "cuda" else "cpu"
+    # DEVICE=cuda:1 trains, tests and measures on GPU 1 (Lightning's devices=1 means GPU 0).
+    pinned = {"devices": [torch_device.index]} if torch_device.index is not None else {}
 
     def spec_for(method: str, run_seed: int, start: str | None):
         bench = {
             "model": {"clip": clip, **({"clip_checkpoint": start} if start else {})},
             "data": bench_data,
-            "trainer": {"accelerator": accelerator},
+            "trainer": {"accelerator": accelerator, **pinned},
         }
         spec = resolve_run(
             method,

@@ -97,18 +97,9 @@ def missing_lengths(record: dict[str, Any], lengths: Sequence[float]) -> list[fl
 
 
 def _test_trainer(precision: Any, device: torch.device, capture: TestCapture, progress: bool):
-    import lightning as L
+    from tvrbench.device import evaluation_trainer
 
-    return L.Trainer(
-        accelerator="gpu" if device.type == "cuda" else "cpu",
-        devices=1,
-        precision=precision,
-        logger=False,
-        enable_checkpointing=False,
-        enable_model_summary=False,
-        enable_progress_bar=progress,
-        callbacks=[capture],
-    )
+    return evaluation_trainer(device, precision, progress, callbacks=[capture])
 
 
 def evaluate_lengths(
