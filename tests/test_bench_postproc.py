@@ -126,5 +126,18 @@ def test_seed_aggregation_per_postproc_and_compact_table():
         [],
     )
     assert "| m | all | 50.0 / 1.8 | 100.0 / 1.0 |" in report
+    # Real data: methods without a published DiDeMo number (here "m") are simply not quoted.
+    real = render_report(
+        results[results["postproc"] == "none"],
+        None,
+        {
+            "data": "didemo",
+            "postproc_results": results,
+            "postproc": {},
+            "published_methods": ["m", "xclip"],
+        },
+        [],
+    )
+    assert "xclip: none (X-CLIP's released code" in real
     lines = postproc_findings(results, combined["ranks"], n_boot=20)
     assert lines and all(line.startswith("[DSL] ") for line in lines)

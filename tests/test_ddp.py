@@ -21,14 +21,11 @@ def synth_root(tmp_path_factory):
     return root
 
 
-def _run(root, cache_dir, devices: int) -> dict[str, float]:
-    import lightning as L
-
-    from baselines.meanp import MeanPModule
+def _synthetic_dm(root, cache_dir, **kwargs):
+    """The 24-video synthetic set at 6 frames (0.2 fps, whole videos), 2 buckets."""
     from tvrbench.data.datamodule import DiDeMoDataModule
 
-    L.seed_everything(0)
-    dm = DiDeMoDataModule(
+    return DiDeMoDataModule(
         root=str(root),
         image_size=32,
         max_words=32,
@@ -36,9 +33,16 @@ def _run(root, cache_dir, devices: int) -> dict[str, float]:
         sample_fps=0.2,
         clip_seconds=None,
         num_buckets=2,
-        eval_batch_size=2,
         cache_dir=str(cache_dir),
+        **kwargs,
     )
+
+
+def _run(root, cache_dir, devices: int) -> dict[str, float]:
+    import lightning as L
+
+    L.seed_everything(0)
+    dm = _synthetic_dm(root, cache_dir, eval_batch_size=2)
     model = MeanPModule(clip="tiny")
     trainer = L.Trainer(
         accelerator="cpu",
@@ -107,20 +111,8 @@ def test_global_batch_is_split_across_ranks_and_the_loss_sees_all_of_it(synth_ro
 
     import lightning as L
 
-    from tvrbench.data.datamodule import DiDeMoDataModule
-
     L.seed_everything(0)
-    dm = DiDeMoDataModule(
-        root=str(synth_root),
-        image_size=32,
-        max_words=32,
-        max_frames=6,
-        sample_fps=0.2,
-        clip_seconds=None,
-        num_buckets=2,
-        batch_size=4,
-        cache_dir=str(tmp_path / "cache"),
-    )
+    dm = _synthetic_dm(synth_root, tmp_path / "cache", batch_size=4)
     trainer = L.Trainer(
         accelerator="cpu",
         devices=2,

@@ -370,7 +370,8 @@ def _postproc_section(info: Mapping[str, Any]) -> list[str]:
             f"{q.get('bank_max_queries')}); v2t banks the same training videos. Uses extra "
             "data at test time."
         )
-    published = {m: PUBLISHED_POSTPROC[m] for m in info.get("published_methods") or ()}
+    methods_run = info.get("published_methods") or ()
+    published = {m: PUBLISHED_POSTPROC[m] for m in methods_run if m in PUBLISHED_POSTPROC}
     published = published or PUBLISHED_POSTPROC
     lines.append(
         "- Published DiDeMo numbers quoted by this suite: "
