@@ -68,7 +68,9 @@ def test_make_bench_didemo_at_vit_b32_size(tmp_path):
         assert recipe["gradient_clip_val"] == 1.0 and recipe["precision"] == "bf16-mixed"
         assert recipe["max_words"] == 64 and recipe["clip_seconds"] is None
     results = pd.read_csv(run / "results.csv")
+    assert set(results["postproc"]) == {"none", "dsl", "qbnorm"}
     rows = results[(results["bucket"] == "all") & (results["seed"].astype(str) == "0")]
+    rows = rows[rows["postproc"] == "none"]
     assert sorted(rows["method"]) == sorted(METHODS)
     for _, row in rows.iterrows():
         per_frame = row["gflops_video"] / row["flops_frames"]
