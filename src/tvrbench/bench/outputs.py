@@ -166,6 +166,10 @@ def rank_table(
     return out
 
 
+#: Record keys kept out of results.json's ``methods`` (written there once, or per record only).
+RECORD_ONLY = ("ranks", "stress_ranks", "rows", "gallery", "stress")
+
+
 def write_outputs(
     run_dir: Path,
     methods: list[str],
@@ -288,9 +292,11 @@ def write_outputs(
             "stress_findings": stress_lines,
             # Per (method, seed): post-processings, their parameters, QB-Norm's bank and size.
             "postproc": postproc,
+            # Per (method, seed): what the rows do not say (checkpoint, notes, timings, recipe).
+            # Its rows, gallery and stress rows are the top-level lists below (and the CSVs),
+            # its ranks the records' own files: not written twice.
             "methods": {
-                key(r): {k: v for k, v in r.items() if k not in ("ranks", "stress_ranks")}
-                for r in records
+                key(r): {k: v for k, v in r.items() if k not in RECORD_ONLY} for r in records
             },
             "results": rows,
             "gallery": gallery_rows,
