@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import torch
 
-from tvrbench.bench.config import BenchConfigError
+from tvrbench.bench.config import BenchConfigError, training_layout
 from tvrbench.bench.launch import (
     LauncherSettings,
     child_environment,
@@ -26,7 +26,6 @@ from tvrbench.bench.launch import (
     refuse_multi_task_start,
     sbatch_script,
     slurm_trainer_layout,
-    training_layout,
 )
 from tvrbench.bench.method import _epochs_from
 from tvrbench.bench.runner import main
@@ -366,7 +365,7 @@ def test_one_device_keeps_the_named_gpu_and_evaluation_trainer_targets_it():
     """``DEVICE=cuda:1`` must not quietly test on GPU 0 (Lightning's ``devices=1``)."""
     import torch
 
-    from tvrbench.bench.method import one_device
+    from tvrbench.bench.config import one_device
     from tvrbench.device import trainer_devices
 
     assert one_device({"devices": [2, 3], "num_nodes": 2})["devices"] == [2]

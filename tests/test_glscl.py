@@ -515,9 +515,10 @@ def test_method_configs_parse(name):
 
 
 def test_published_sections_reach_the_bench():
-    from tvrbench.bench.config import load_method_file, load_recipe
+    from tvrbench.bench.config import load_recipe
+    from tvrbench.methods import load_method
 
     recipe = load_recipe("published", ROOT / "configs" / "recipe")
-    mfile = load_method_file("glscl", recipe, ROOT / "configs" / "method")
-    assert mfile["trainer"] == {"max_epochs": 5}
-    assert mfile["data"] == {"batch_size": 32}
+    mfile = load_method("glscl", ROOT / "configs" / "method", recipe.method_file)
+    assert mfile.trainer == {"max_epochs": 5}
+    assert mfile.data == {"batch_size": 32}

@@ -16,10 +16,6 @@ SCRIPTS = ROOT / "benchmarks"
 #: Function-level imports that still close a circle, to be moved down a layer (remove an entry
 #: when its import is gone; test_known_back_edges_still_exist says when).
 KNOWN_BACK_EDGES = {
-    ("tvrbench.bench.config", "tvrbench.bench.launch"),  # world_size -> training_layout
-    ("tvrbench.bench.launch", "tvrbench.bench.method"),  # run_unit, the SLURM job body
-    ("tvrbench.bench.launch", "tvrbench.bench.outputs"),  # run_unit writes the record
-    ("tvrbench.bench.stress", "tvrbench.bench.method"),  # one_device, load_checkpoint_weights
     ("benchmarks.scoring", "benchmarks.published_efficiency"),  # --published
 }
 

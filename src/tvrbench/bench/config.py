@@ -24,14 +24,22 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import importlib
-import inspect
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tvrbench.atomic import json_default
+from tvrbench.methods import (
+    MethodConfigError,
+    accepted_arguments,
+    check_arguments,
+    class_of,
+    load_method,
+    place_data_shape,
+    split_names,
+)
 
 RECIPES = ("auto", "tiny", "shared", "published")
 PROTOCOLS = ("finetune", "cached_features")
@@ -66,7 +74,7 @@ TRAINER_KEYS = (
 )
 
 
-class BenchConfigError(ValueError):
+class BenchConfigError(MethodConfigError):
     """The benchmark configuration is unusable (message names the setting and the problem)."""
 
 
@@ -75,11 +83,10 @@ class BenchConfigError(ValueError):
 
 def split_methods(methods: list[str] | str) -> list[str]:
     """``"a,b"`` or ``["a", "b,c"]`` → ``["a", "b", "c"]`` (order kept, duplicates dropped)."""
-    items = [methods] if isinstance(methods, str) else list(methods)
-    names = [n.strip() for item in items for n in str(item).split(",") if n.strip()]
+    names = split_names(methods)
     if not names:
         raise BenchConfigError("methods: no method given")
-    return list(dict.fromkeys(names))
+    return names
 
 
 def seed_list(seeds: int | list[int] | str, base_seed: int = 0) -> list[int]:
@@ -150,30 +157,6 @@ def default_run_name(config: dict[str, Any]) -> str:
     return f"{data}-{clip}{fast}-{config_hash(config)}"
 
 
-def class_of(class_path: str) -> type:
-    """Import ``package.module.Class``; a bad path is a one-line :class:`BenchConfigError`."""
-    module_name, _, class_name = class_path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as err:
-        raise BenchConfigError(f"class_path {class_path}: cannot be imported ({err})") from err
-
-
-def accepted_arguments(cls: type) -> set[str]:
-    """Constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy."""
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters
-        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        names.discard("self")
-        if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-            break
-    return names
-
-
 # ----------------------------------------------------------------------------------- methods
 
 
@@ -216,32 +199,6 @@ def load_recipe(name: str, recipe_dir: str | Path) -> Recipe:
     )
 
 
-def load_method_file(name: str, recipe: Recipe, method_config_dir: str | Path) -> dict[str, Any]:
-    """The method file of ``name`` under ``recipe``: ``{"path", "model", "trainer", "data"}``."""
-    directory = Path(method_config_dir)
-    path = directory / recipe.method_file.format(name=name)
-    if not path.is_file():
-        known = sorted(p.stem for p in directory.glob("*.yaml") if "_published" not in p.stem)
-        raise BenchConfigError(
-            f"{path}: no such method config for recipe {recipe.name} (methods in "
-            f"{directory}: {', '.join(known) or 'none'})"
-        )
-    raw = read_yaml(path, "method config")
-    model = raw.get("model", raw)
-    if not isinstance(model, dict) or "class_path" not in model:
-        raise BenchConfigError(f"{path}: expected a `model: {{class_path, init_args}}` section")
-    data = raw.get("data") or {}
-    return {
-        "path": str(path),
-        "model": {
-            "class_path": model["class_path"],
-            "init_args": dict(model.get("init_args") or {}),
-        },
-        "trainer": dict(raw.get("trainer") or {}),
-        "data": dict(data.get("init_args", data) if isinstance(data, dict) else {}),
-    }
-
-
 @dataclass
 class RunSpec:
     """One (method, seed) of a benchmark run, fully resolved."""
@@ -277,19 +234,82 @@ class RunSpec:
         }
 
 
+@dataclass(frozen=True)
+class DeviceLayout:
+    """The devices one training runs on, as Lightning resolves the trainer's settings."""
+
+    accelerator: str  # Lightning's accelerator name: "cpu", "cuda", "mps", ...
+    devices: int  # devices per node
+    num_nodes: int
+
+    @property
+    def world_size(self) -> int:
+        return self.devices * self.num_nodes
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def training_layout(trainer_cfg: Mapping[str, Any]) -> DeviceLayout:
+    """``accelerator`` / ``devices`` / ``num_nodes`` of a trainer config, resolved exactly as
+    Lightning's accelerator connector does (``-1``, ``"auto"``, ``"0,1"``, lists); a value
+    Lightning refuses is a one-line :class:`BenchConfigError` carrying Lightning's message."""
+    from lightning.fabric.utilities.device_parser import _select_auto_accelerator
+    from lightning.pytorch.accelerators import AcceleratorRegistry
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    accelerator = str(trainer_cfg.get("accelerator", "auto") or "auto")
+    devices = trainer_cfg.get("devices", "auto")
+    devices = "auto" if devices is None else devices
+    num_nodes = trainer_cfg.get("num_nodes", 1) or 1
+    setting = f"trainer accelerator={accelerator!r} devices={devices!r} num_nodes={num_nodes!r}"
+    try:
+        if accelerator == "auto":
+            accelerator = _select_auto_accelerator()
+        elif accelerator == "gpu":
+            accelerator = _AcceleratorConnector._choose_gpu_accelerator_backend()
+        if accelerator not in AcceleratorRegistry:
+            raise ValueError(f"unknown accelerator (Lightning knows {list(AcceleratorRegistry)})")
+        accelerator_cls = AcceleratorRegistry[accelerator]["accelerator"]
+        if devices == "auto":
+            devices = accelerator_cls.auto_device_count()
+        parsed = accelerator_cls.parse_devices(devices)
+        count = len(accelerator_cls.get_parallel_devices(parsed))
+        if not isinstance(num_nodes, int) or num_nodes < 1:
+            raise ValueError(f"`num_nodes` must be a positive integer, but got {num_nodes}.")
+    except Exception as err:  # Lightning's TypeError / MisconfigurationException / ValueError
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise BenchConfigError(f"{setting}: {first}") from err
+    return DeviceLayout(accelerator, count, num_nodes)
+
+
+def is_distributed(trainer_cfg: dict[str, Any]) -> bool:
+    """More than one device once Lightning resolves ``devices`` / ``num_nodes``."""
+    return training_layout(trainer_cfg).distributed
+
+
+def one_device(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The same trainer on one device (test and measurement): the first of its device list when
+    it names GPU ids (``[2, 3]`` → ``[2]``), else one device."""
+    out = dict(trainer_cfg)
+    devices = trainer_cfg.get("devices")
+    first = [devices[0]] if isinstance(devices, (list, tuple)) and devices else 1
+    out.update(devices=first, num_nodes=1, strategy="auto")
+    return out
+
+
 def training_world_size(trainer: dict[str, Any]) -> int:
     """Processes a trainer config trains with: devices per node × ``num_nodes``. An explicit
     count or list is taken as given (the host that trains checks it against its devices: a
     SLURM job's node, not the submitting one); ``"auto"``, ``-1`` and strings are resolved by
-    Lightning's own parsing here (:func:`tvrbench.bench.launch.training_layout`)."""
+    Lightning's own parsing here (:func:`training_layout`)."""
     devices = trainer.get("devices", "auto")
     nodes = int(trainer.get("num_nodes", 1) or 1)
     if isinstance(devices, int) and not isinstance(devices, bool) and devices > 0:
         return devices * nodes
     if isinstance(devices, (list, tuple)) and devices:
         return len(devices) * nodes
-    from tvrbench.bench.launch import training_layout
-
     return training_layout(trainer).world_size
 
 
@@ -324,41 +344,37 @@ def resolve_run(
         bench: what the bench decides: ``model`` / ``data`` / ``trainer`` dicts (layer 3).
         overrides: ``{"model": ..., "data": ..., "trainer": ...}`` (layer 4).
     """
-    mfile = load_method_file(method, recipe, method_config_dir)
-    model_args = dict(mfile["model"]["init_args"])
+    mfile = load_method(method, method_config_dir, recipe.method_file)
+    model_args = dict(mfile.init_args)
     data_args = dict(data.get("init_args") or {})
     trainer_cfg = dict(trainer)
     model_args.update(recipe.model)
     trainer_cfg.update(recipe.trainer)
     data_args.update(recipe.data)
     if recipe.method_sections:
-        trainer_cfg.update(mfile["trainer"])
-        data_args.update(mfile["data"])
+        trainer_cfg.update(mfile.trainer)
+        data_args.update(mfile.data)
     data_args.update(bench.get("data", {}))
     data_args.update(overrides.get("data") or {})
-    cls = class_of(mfile["model"]["class_path"])
-    accepted = accepted_arguments(cls)
-    derived = dict(bench.get("model", {}))
+    accepted = accepted_arguments(class_of(mfile.class_path))
+    model_args.update({k: v for k, v in bench.get("model", {}).items() if k in accepted})
     # The method's word/frame tables follow the data (GLCCL's L×L matrices, positions).
-    for key in ("max_words", "max_frames"):
-        if key in data_args:
-            derived[key] = data_args[key]
-    model_args.update({k: v for k, v in derived.items() if k in accepted})
-    model_args.update(overrides.get("model") or {})
-    unknown = sorted(set(model_args) - accepted)
-    if unknown:
-        raise BenchConfigError(
-            f"{mfile['path']}: {mfile['model']['class_path']} takes no argument "
-            f"{', '.join(unknown)}"
-        )
+    model = place_data_shape(
+        {"class_path": mfile.class_path, "init_args": model_args},
+        max_words=data_args.get("max_words"),
+        max_frames=data_args.get("max_frames"),
+    )
+    model["init_args"].update(overrides.get("model") or {})
+    check_arguments(model, mfile.path)
     trainer_cfg.update(bench.get("trainer", {}))
     trainer_cfg.update(overrides.get("trainer") or {})
+    model_args = model["init_args"]
     clip = str(model_args.get("clip", "tiny"))
     clip_lr = model_args.get("backbone_lr")
     frozen = bool(model_args.get("freeze_backbone", False))
     if clip != "tiny" and clip_lr is not None and float(clip_lr) > MAX_REAL_CLIP_LR and not frozen:
         raise BenchConfigError(
-            f"{mfile['path']}: backbone_lr {clip_lr} for clip {clip} is above "
+            f"{mfile.path}: backbone_lr {clip_lr} for clip {clip} is above "
             f"{MAX_REAL_CLIP_LR:g}, outside every published recipe (it destroys the pretrained "
             "alignment; SPEC §2.7) — a tiny-CLIP recipe given a real checkpoint?"
         )
@@ -371,8 +387,8 @@ def resolve_run(
         )
     config = {
         "seed_everything": seed,
-        "model": {"class_path": mfile["model"]["class_path"], "init_args": model_args},
+        "model": model,
         "data": {"class_path": data["class_path"], "init_args": data_args},
         "trainer": trainer_cfg,
     }
-    return RunSpec(method, seed, recipe.name, mfile["path"], config)
+    return RunSpec(method, seed, recipe.name, str(mfile.path), config)

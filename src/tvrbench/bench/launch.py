@@ -5,15 +5,16 @@ Two levels, each left to an existing tool:
 
 - **inside one (method, seed)**: Lightning distributes the training. The layout (``devices``,
   ``num_nodes``, ``-1``, ``"auto"``, lists) is resolved with Lightning's own accelerator parsing
-  (:func:`training_layout`); a layout of more than one device trains in a ``tvrbench fit`` child
-  whose environment is explicit (:func:`child_environment`: no inherited scheduler or rank
-  variables unless the launcher passes them on purpose).
+  (:func:`tvrbench.bench.config.training_layout`); a layout of more than one device trains in a
+  ``tvrbench fit`` child whose environment is explicit (:func:`child_environment`: no inherited
+  scheduler or rank variables unless the launcher passes them on purpose).
 - **across (method, seed) units**: ``launcher: none | local | slurm`` (:class:`LauncherSettings`).
   ``none`` runs them one after another in this process; ``local`` and ``slurm`` submit every
   missing unit as one job through submitit (the launcher Hydra uses): its local executor on this
   machine, or one SLURM job per unit (``nodes`` × ``gpus_per_node`` tasks, Lightning's SLURM
-  environment inside). Every job writes only its own record (:func:`run_unit`); the submitting
-  process writes the combined outputs once all records are there.
+  environment inside). Every job writes only its own record
+  (:func:`tvrbench.bench.method.run_unit`); the submitting process writes the combined outputs
+  once all records are there.
 
 Job files live in ``<run>/jobs/<method>-seed<k>/``: submitit's ``<job id>_0_log.out`` /
 ``_log.err`` (stdout / stderr of task 0), ``<job id>_submission.sh`` (SLURM), ``job.json`` (the
@@ -26,12 +27,12 @@ import gc
 import json
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tvrbench.bench.config import BenchConfigError, RunSpec
+from tvrbench.bench.config import BenchConfigError, DeviceLayout, RunSpec
 
 LAUNCHER_KINDS = ("none", "local", "slurm")
 #: Variables through which a cluster or a launcher tells a process its rank: a training child
@@ -122,56 +123,6 @@ class LauncherSettings:
         return cls(**dict(value))
 
 
-@dataclass(frozen=True)
-class DeviceLayout:
-    """The devices one training runs on, as Lightning resolves the trainer's settings."""
-
-    accelerator: str  # Lightning's accelerator name: "cpu", "cuda", "mps", ...
-    devices: int  # devices per node
-    num_nodes: int
-
-    @property
-    def world_size(self) -> int:
-        return self.devices * self.num_nodes
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def training_layout(trainer_cfg: Mapping[str, Any]) -> DeviceLayout:
-    """``accelerator`` / ``devices`` / ``num_nodes`` of a trainer config, resolved exactly as
-    Lightning's accelerator connector does (``-1``, ``"auto"``, ``"0,1"``, lists); a value
-    Lightning refuses is a one-line :class:`BenchConfigError` carrying Lightning's message."""
-    from lightning.fabric.utilities.device_parser import _select_auto_accelerator
-    from lightning.pytorch.accelerators import AcceleratorRegistry
-    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
-
-    accelerator = str(trainer_cfg.get("accelerator", "auto") or "auto")
-    devices = trainer_cfg.get("devices", "auto")
-    devices = "auto" if devices is None else devices
-    num_nodes = trainer_cfg.get("num_nodes", 1) or 1
-    setting = f"trainer accelerator={accelerator!r} devices={devices!r} num_nodes={num_nodes!r}"
-    try:
-        if accelerator == "auto":
-            accelerator = _select_auto_accelerator()
-        elif accelerator == "gpu":
-            accelerator = _AcceleratorConnector._choose_gpu_accelerator_backend()
-        if accelerator not in AcceleratorRegistry:
-            raise ValueError(f"unknown accelerator (Lightning knows {list(AcceleratorRegistry)})")
-        accelerator_cls = AcceleratorRegistry[accelerator]["accelerator"]
-        if devices == "auto":
-            devices = accelerator_cls.auto_device_count()
-        parsed = accelerator_cls.parse_devices(devices)
-        count = len(accelerator_cls.get_parallel_devices(parsed))
-        if not isinstance(num_nodes, int) or num_nodes < 1:
-            raise ValueError(f"`num_nodes` must be a positive integer, but got {num_nodes}.")
-    except Exception as err:  # Lightning's TypeError / MisconfigurationException / ValueError
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-        raise BenchConfigError(f"{setting}: {first}") from err
-    return DeviceLayout(accelerator, count, num_nodes)
-
-
 def slurm_trainer_layout(
     settings: LauncherSettings, trainer_cfg: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -256,50 +207,6 @@ class UnitJob:
     given_checkpoint: str | None = None
     stress: Any = None  # tvrbench.bench.stress.StressSettings | None
     measure_matmul: bool = False  # measure the job's matmul rate (another machine than ours)
-
-
-def run_unit(job: UnitJob) -> str | None:
-    """The body of one job: train, test, measure and write one (method, seed)'s record.
-
-    In a SLURM job of several tasks every task is one rank of the training (its ``tvrbench fit``
-    child keeps the SLURM variables, so Lightning's SLURM environment places it); task 0 then
-    tests and measures on its first device (one-device trainers, which Lightning does not fit
-    to the SLURM tasks) and writes the record. Returns the record's path (task 0) or None.
-    """
-    import submitit
-
-    from tvrbench.bench.method import run_method, train_as_rank
-    from tvrbench.bench.outputs import write_record
-    from tvrbench.device import resolve_device
-    from tvrbench.train import instantiate
-
-    env = submitit.JobEnvironment()
-    several = env.num_tasks > 1
-    training_env = child_environment(keep_slurm=several)
-    run_dir = Path(job.run_dir)
-    if env.global_rank > 0:
-        if job.given_checkpoint is None:  # task 0 trains too (a given checkpoint: nobody does)
-            train_as_rank(job.spec, run_dir, training_env)
-        return None
-    device = resolve_device(job.device)
-    measure = dict(job.measure)
-    if job.measure_matmul:
-        from tvrbench.bench.environment import matmul_gflops_per_s
-
-        measure["matmul_gflops_per_s"] = matmul_gflops_per_s(device)
-    record = run_method(
-        job.spec,
-        run_dir,
-        device,
-        measure,
-        instantiate=instantiate,
-        datamodule_for=lambda datamodule: datamodule,
-        given_checkpoint=job.given_checkpoint,
-        stress=job.stress,
-        training_env=training_env,
-    )
-    record["job"] = {"id": env.job_id, "hostname": env.hostname, "tasks": env.num_tasks}
-    return str(write_record(run_dir, record))
 
 
 def unit_folder(run_dir: Path, spec: RunSpec) -> Path:
@@ -400,6 +307,7 @@ def submit_units(
     settings: LauncherSettings,
     units: list[UnitJob],
     layout: DeviceLayout | None,
+    body: Callable[[UnitJob], str | None],
     *,
     wait: bool = True,
     poll_s: float = 2.0,
@@ -410,6 +318,7 @@ def submit_units(
     Args:
         layout: the units' training layout resolved here (local jobs: which GPUs each sees);
             None for SLURM.
+        body: what each job runs (:func:`tvrbench.bench.method.run_unit`; pickled by submitit).
     """
     import submitit
 
@@ -426,7 +335,7 @@ def submit_units(
             params = executor_parameters(settings, unit.spec.config["trainer"], name)
             if gpus:
                 params.update(gpus_per_node=len(gpus), local_visible_gpus=list(gpus))
-            job = make_executor(settings, folder, params).submit(run_unit, unit)
+            job = make_executor(settings, folder, params).submit(body, unit)
             saved = {"kind": settings.kind, "job_id": str(job.job_id), "unit": unit.spec.key}
             atomic_write_text(folder / "job.json", json.dumps(saved))
             print(f"[{unit.spec.key}] submitted job {job.job_id} (logs: {folder})")

@@ -2,7 +2,7 @@
 selected on ``val/R@1``, the validation split only), test the selected checkpoint once, measure.
 
 Training runs in this process on one device, or — when Lightning resolves the trainer's
-``devices`` / ``num_nodes`` to more than one device (:func:`~tvrbench.bench.launch.training_layout`)
+``devices`` / ``num_nodes`` to more than one device (:func:`~tvrbench.bench.config.training_layout`)
 — as ``tvrbench fit --config <resolved config>`` in a child process under Lightning DDP, started
 with an explicit environment (:func:`~tvrbench.bench.launch.child_environment`), so that the
 run's data preparation, testing, measurement and writing happen once. Testing and measurement
@@ -25,12 +25,13 @@ from typing import Any
 
 import torch
 
-from tvrbench.bench.config import BenchConfigError, RunSpec
+from tvrbench.bench.config import BenchConfigError, RunSpec, is_distributed, one_device
 from tvrbench.bench.environment import device_name, proc_status_kb, reset_peak_rss
-from tvrbench.bench.launch import child_environment, release_cuda_memory, training_layout
+from tvrbench.bench.launch import UnitJob, child_environment, release_cuda_memory
 from tvrbench.bench.measure import TestCapture, measure_tested
 from tvrbench.bench.postproc import encode_query_bank
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
+from tvrbench.methods import load_checkpoint_weights
 
 
 def _dump_yaml(path: Path, config: dict[str, Any]) -> None:
@@ -74,44 +75,6 @@ def run_folder_trainer(spec: RunSpec, run_dir: Path) -> dict[str, Any]:
 
 def checkpoint_dir(run_dir: Path, spec: RunSpec) -> Path:
     return run_dir / "checkpoints" / spec.method / f"seed{spec.seed}"
-
-
-def is_distributed(trainer_cfg: dict[str, Any]) -> bool:
-    """More than one device once Lightning resolves ``devices`` / ``num_nodes``."""
-    return training_layout(trainer_cfg).distributed
-
-
-def one_device(trainer_cfg: dict[str, Any]) -> dict[str, Any]:
-    """The same trainer on one device (test and measurement): the first of its device list when
-    it names GPU ids (``[2, 3]`` → ``[2]``), else one device."""
-    out = dict(trainer_cfg)
-    devices = trainer_cfg.get("devices")
-    first = [devices[0]] if isinstance(devices, (list, tuple)) and devices else 1
-    out.update(devices=first, num_nodes=1, strategy="auto")
-    return out
-
-
-def load_checkpoint_weights(module, path: str) -> None:
-    """Load a Lightning checkpoint's weights with ``weights_only=True`` (an untrusted file cannot
-    run code); one-line errors for a missing, unsafe or foreign file."""
-    if not Path(path).is_file():
-        raise BenchConfigError(f"checkpoint {path}: no such file")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle refuses a non-tensor object: say which
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise BenchConfigError(
-            f"checkpoint {path}: cannot be loaded with weights_only=True ({first}); only "
-            "Lightning checkpoints of tvrbench methods are accepted"
-        ) from err
-    state = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if state is None:
-        raise BenchConfigError(f"checkpoint {path}: not a Lightning checkpoint (no state_dict)")
-    try:
-        module.load_state_dict(state)
-    except RuntimeError as err:
-        first = str(err).strip().splitlines()[0]
-        raise BenchConfigError(f"checkpoint {path}: does not fit this method ({first})") from err
 
 
 def _best_from(ckpt_dir: Path) -> tuple[str, float | None]:
@@ -367,3 +330,46 @@ def skipped_record(spec: RunSpec, reason: str) -> dict[str, Any]:
         "gallery": [],
         "stress": [],
     }
+
+
+def run_unit(job: UnitJob) -> str | None:
+    """The body of one job: train, test, measure and write one (method, seed)'s record.
+
+    In a SLURM job of several tasks every task is one rank of the training (its ``tvrbench fit``
+    child keeps the SLURM variables, so Lightning's SLURM environment places it); task 0 then
+    tests and measures on its first device (one-device trainers, which Lightning does not fit
+    to the SLURM tasks) and writes the record. Returns the record's path (task 0) or None.
+    """
+    import submitit
+
+    from tvrbench.bench.outputs import write_record
+    from tvrbench.device import resolve_device
+    from tvrbench.train import instantiate
+
+    env = submitit.JobEnvironment()
+    several = env.num_tasks > 1
+    training_env = child_environment(keep_slurm=several)
+    run_dir = Path(job.run_dir)
+    if env.global_rank > 0:
+        if job.given_checkpoint is None:  # task 0 trains too (a given checkpoint: nobody does)
+            train_as_rank(job.spec, run_dir, training_env)
+        return None
+    device = resolve_device(job.device)
+    measure = dict(job.measure)
+    if job.measure_matmul:
+        from tvrbench.bench.environment import matmul_gflops_per_s
+
+        measure["matmul_gflops_per_s"] = matmul_gflops_per_s(device)
+    record = run_method(
+        job.spec,
+        run_dir,
+        device,
+        measure,
+        instantiate=instantiate,
+        datamodule_for=lambda datamodule: datamodule,
+        given_checkpoint=job.given_checkpoint,
+        stress=job.stress,
+        training_env=training_env,
+    )
+    record["job"] = {"id": env.job_id, "hostname": env.hostname, "tasks": env.num_tasks}
+    return str(write_record(run_dir, record))

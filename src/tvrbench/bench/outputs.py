@@ -316,7 +316,7 @@ def write_outputs(
 
 def class_attribute(records: list[dict[str, Any]], name: str) -> dict[str, Any]:
     """``{method: value}`` of a class attribute of each record's method class (where set)."""
-    from tvrbench.bench.config import class_of
+    from tvrbench.methods import class_of
 
     out: dict[str, Any] = {}
     for r in records:

@@ -36,7 +36,6 @@ from typing import Any
 from tvrbench.bench.config import (
     PROTOCOLS,
     BenchConfigError,
-    class_of,
     config_hash,
     default_run_name,
     load_recipe,
@@ -47,6 +46,7 @@ from tvrbench.bench.config import (
     split_methods,
 )
 from tvrbench.bench.launch import LauncherSettings, UnitsFailedError
+from tvrbench.methods import MethodConfigError, class_of
 
 __all__ = ["BenchConfigError", "config_hash", "main", "run_bench", "split_methods"]
 
@@ -341,7 +341,9 @@ def _run_as_jobs(
     """Every (method, seed) of ``specs`` as one job: the data are probed and decoded into the
     frame cache here first (bad_videos.csv, data_summary.json), so that no job — and no rank
     inside one — waits on another's decoding; then submit and, with ``wait``, collect."""
-    from tvrbench.bench.launch import UnitJob, submit_units, training_layout
+    from tvrbench.bench.config import training_layout
+    from tvrbench.bench.launch import UnitJob, submit_units
+    from tvrbench.bench.method import run_unit
 
     shared.write_data_files(run_dir)
     units = [
@@ -357,7 +359,7 @@ def _run_as_jobs(
         for spec in specs
     ]
     layout = training_layout(specs[0].config["trainer"]) if settings.kind == "local" else None
-    failures = submit_units(settings, units, layout, wait=wait)
+    failures = submit_units(settings, units, layout, run_unit, wait=wait)
     if failures:
         lines = [
             f"{len(failures)} of {len(units)} (method, seed) jobs failed; rerun the same "
@@ -480,7 +482,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         run_bench(**kwargs)
-    except (BenchConfigError, BackboneNotFoundError, AnnotationError, DataSetupError) as err:
+    except (MethodConfigError, BackboneNotFoundError, AnnotationError, DataSetupError) as err:
         print(f"tvrbench bench: {err}", file=sys.stderr)
         return 2
     except UnitsFailedError as err:

@@ -227,8 +227,8 @@ def complete_record(
     """
     import yaml
 
-    from tvrbench.bench.config import BenchConfigError
-    from tvrbench.bench.method import load_checkpoint_weights, one_device
+    from tvrbench.bench.config import BenchConfigError, one_device
+    from tvrbench.methods import load_checkpoint_weights
 
     todo = missing_lengths(record, settings.injected_lengths_s)
     if not todo or record.get("skipped"):

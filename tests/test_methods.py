@@ -1,0 +1,61 @@
+"""The methods factory (tvrbench.methods): names, configs, a built module, clear errors."""
+
+from __future__ import annotations
+
+import doctest
+from pathlib import Path
+
+import pytest
+
+from tvrbench import methods
+from tvrbench.methods import MethodConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "configs" / "method"
+
+
+def test_docstring_examples():
+    assert doctest.testmod(methods, optionflags=doctest.ELLIPSIS).failed == 0
+
+
+def test_default_methods_are_the_benchmark_six_without_variants():
+    assert methods.default_methods(CONFIG_DIR) == list(methods.DEFAULT_METHODS)
+    names, unknown = methods.resolve_methods("glccl_no_csc, meanp,nope", CONFIG_DIR)
+    assert names == ["glccl_no_csc", "meanp", "nope"] and unknown == ["nope"]
+
+
+def test_unknown_name_lists_the_known_ones():
+    with pytest.raises(MethodConfigError, match=r"method nope: no config .*nope\.yaml.*glccl"):
+        methods.load_method("nope", CONFIG_DIR)
+
+
+def test_bad_class_path_and_unknown_argument_are_one_line_errors(tmp_path):
+    (tmp_path / "ghost.yaml").write_text("model: {class_path: nowhere.Ghost}\n")
+    with pytest.raises(MethodConfigError, match="class_path nowhere.Ghost: cannot be imported"):
+        methods.create_module("ghost", tmp_path)
+    with pytest.raises(MethodConfigError, match="takes no argument not_an_argument"):
+        methods.create_module("meanp", CONFIG_DIR, not_an_argument=1)
+
+
+def test_create_module_builds_every_method_with_the_data_shape():
+    from tvrbench.retrieval import RetrievalModule
+
+    for name in methods.DEFAULT_METHODS:
+        module = methods.create_module(name, CONFIG_DIR, max_words=16, max_frames=5)
+        assert isinstance(module, RetrievalModule), name
+    # The data's frame count reaches a method with a frame table; meanP has none.
+    glccl = methods.load_method("glccl", CONFIG_DIR).model()
+    placed = methods.place_data_shape(glccl, max_words=16, max_frames=5)
+    assert placed != glccl and "5" in repr(placed)
+    meanp = methods.load_method("meanp", CONFIG_DIR).model()
+    assert methods.place_data_shape(meanp, max_words=16, max_frames=5) == meanp
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    module = methods.create_module("meanp", CONFIG_DIR)
+    with pytest.raises(MethodConfigError, match="no such file"):
+        methods.load_checkpoint_weights(module, tmp_path / "missing.ckpt")
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(MethodConfigError, match=r"bad\.ckpt: cannot be loaded"):
+        methods.load_checkpoint_weights(module, bad)
