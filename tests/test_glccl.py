@@ -1,5 +1,6 @@
 """GLCCL head: efficient scoring against the plain reference, masking, pooling, CSC, training."""
 
+import numpy as np
 import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
@@ -55,25 +56,179 @@ def make_inputs(bt=3, bv=4, length=8, n=7, seed=1):
     return text, frames, frame_mask
 
 
-@pytest.mark.parametrize("mask_padding", [True, False])
-@pytest.mark.parametrize("length", [8, MAX_WORDS])
-def test_efficient_scores_match_reference(mask_padding, length):
-    head = make_head(mask_padding)
-    text, frames, frame_mask = make_inputs(length=length)
-    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+# ------------------------------------------------------------- independent NumPy reference
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x)
+
+
+def _aosm(x: np.ndarray, weight: np.ndarray, temperature: float) -> float:
+    """``Σ_i x_i [softmax(x/temperature) W]_i`` with ``[pW]_i = Σ_k p_k W_ki``."""
+    p = _softmax(x / temperature)
+    return float(sum(x[i] * sum(p[k] * weight[k, i] for k in range(len(x))) for i in range(len(x))))
+
+
+def numpy_glccl_components(
+    weights: dict[str, np.ndarray],
+    sentence: np.ndarray,
+    words: np.ndarray,
+    word_mask: np.ndarray,
+    frames: np.ndarray,
+    frame_mask: np.ndarray,
+    tau: float,
+    mask_padding: bool,
+    temperature: float = 0.01,
+) -> np.ndarray:
+    """GLCCL's four scores ``[4, Bt, Bv]`` (float64), one pair at a time, from SPEC §2.4:
+    GLIM ``softmax_j(q·v_j/τ)`` on raw dot products, pooled features L2-normalised, every L×L
+    pooling ``Σ_i x_i [softmax(x/0.01) W]_i``. With ``mask_padding`` only the real words and real
+    frames exist (the matrices restricted to the real word positions); without, every position
+    of the text tensor and every frame slot takes part."""
+    bt, length, _ = words.shape
+    bv, n, _ = frames.shape
+    out = np.zeros((4, bt, bv))
+    for a in range(bt):
+        idx = [i for i in range(length) if word_mask[a, i] or not mask_padding]
+        t_hat = _unit(sentence[a])
+        w_hat = [_unit(words[a, i]) for i in idx]
+
+        def sub(name: str, idx: list[int] = idx) -> np.ndarray:
+            return weights[name][np.ix_(idx, idx)]
+
+        for b in range(bv):
+            v = [frames[b, j] for j in range(n) if frame_mask[b, j] or not mask_padding]
+
+            def glim(query: np.ndarray, v: list[np.ndarray] = v) -> np.ndarray:
+                attn = _softmax(np.array([query @ f_j for f_j in v]) / tau)
+                return _unit(sum(attn[j] * v[j] for j in range(len(v))))
+
+            video = glim(sentence[a])  # ṽ̂
+            pooled = [glim(words[a, i]) for i in idx]  # f̃̂_i, one per word
+            s_vs = (t_hat @ weights["global_weight"]) @ video
+            u = np.array([w_i @ video for w_i in w_hat])
+            s_vw = _aosm(u, sub("video_word_weight"), temperature)
+            r = np.array([t_hat @ f_i for f_i in pooled])
+            s_sf = _aosm(r, sub("sentence_frame_weight"), temperature)
+            m = np.array(
+                [[(w_i @ weights["local_weight"]) @ f_k for f_k in pooled] for w_i in w_hat]
+            )  # (words i, frames k)
+            c = np.array(  # per frame k, over words i
+                [_aosm(m[:, k], sub("fw_word_weight"), temperature) for k in range(len(idx))]
+            )
+            d = np.array(  # per word i, over frames k
+                [_aosm(m[i, :], sub("fw_frame_weight"), temperature) for i in range(len(idx))]
+            )
+            s_fw = 0.5 * (
+                _aosm(c, sub("fw_frame_weight2"), temperature)
+                + _aosm(d, sub("fw_word_weight2"), temperature)
+            )
+            out[:, a, b] = s_vs, s_vw, s_sf, s_fw
+    return out
+
+
+def numpy_csc(components: np.ndarray) -> float:
+    """``mean_i V_ii / (Σ_{i≠j} V_ij / B²)``, V the unbiased variance over the components."""
+    c, bsz, _ = components.shape
+    mean = components.sum(0) / c
+    var = ((components - mean) ** 2).sum(0) / (c - 1)  # (B, B)
+    diagonal = sum(var[i, i] for i in range(bsz)) / bsz
+    off_diagonal = sum(var[i, j] for i in range(bsz) for j in range(bsz) if i != j) / bsz**2
+    return diagonal / off_diagonal
+
+
+WEIGHT_NAMES = (
+    "global_weight",
+    "local_weight",
+    "video_word_weight",
+    "sentence_frame_weight",
+    "fw_word_weight",
+    "fw_frame_weight",
+    "fw_frame_weight2",
+    "fw_word_weight2",
+)
+
+
+def random_matrix_head(mask_padding: bool, seed: int = 0, **kwargs) -> GLCCLHead:
+    """A head whose eight scoring matrices are far from the identity (random, not symmetric),
+    so a transposed or swapped matrix changes the scores."""
+    head = make_head(mask_padding, seed=seed, **kwargs)
+    g = torch.Generator().manual_seed(seed + 100)
     with torch.no_grad():
-        fast = head.score_components(t_state, v_state)
-        ref = glccl_reference_scores(head, t_state, v_state)
-        score = head.score(t_state, v_state)
-    assert fast.shape == ref.shape == (4, 3, 4)
-    assert torch.isfinite(fast).all()
+        for name in WEIGHT_NAMES:
+            weight = getattr(head, name)
+            noise = torch.randn(weight.shape, generator=g)  # (D, D) rows of norm ~1, or (L, L)
+            scale = D**-0.5 if name in ("global_weight", "local_weight") else 1.0
+            weight.copy_(torch.eye(len(weight)) + scale * noise)
+    return head
+
+
+def numpy_scores_of(head: GLCCLHead, t_state, v_state) -> np.ndarray:
+    """The NumPy reference on the raw state entries and the head's parameters."""
+
+    def f64(x: torch.Tensor) -> np.ndarray:
+        return x.detach().double().numpy()
+
+    return numpy_glccl_components(
+        {name: f64(getattr(head, name)) for name in WEIGHT_NAMES},
+        f64(t_state["sentence"]),
+        f64(t_state["words"]),
+        t_state["word_mask"].numpy(),
+        f64(v_state["frames"]),
+        v_state["frame_mask"].numpy(),
+        tau=head.tau,
+        mask_padding=head.mask_padding,
+    )
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+@pytest.mark.parametrize(("length", "n"), [(3, 2), (8, 7), (MAX_WORDS, MAX_FRAMES)])
+def test_scores_match_numpy_reference(mask_padding, length, n):
+    head = random_matrix_head(mask_padding)
+    text, frames, frame_mask = make_inputs(length=length, n=n)
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    expected = numpy_scores_of(head, t_state, v_state)  # (4, Bt, Bv) float64
+    assert np.abs(expected[0] - expected[3]).max() > 1e-3  # four different quantities
+    # float32, as scored in practice: the 0.01 softmaxes magnify rounding, so relative to scale.
+    atol = 2e-5 * max(1.0, float(np.abs(expected).max()))
+    with torch.no_grad():
+        components = head.score_components(t_state, v_state).double().numpy()
+        plain = glccl_reference_scores(head, t_state, v_state).double().numpy()
+        score = head.score(t_state, v_state).double().numpy()
+        reference = head.reference_score(t_state, v_state).double().numpy()
+    assert components.shape == plain.shape == expected.shape == (4, 3, 4)
     for c in range(4):
-        assert (fast[c] - ref[c]).abs().max() <= 1e-5, f"component {c}"
-    assert torch.allclose(score, ref.mean(0), atol=1e-5, rtol=0)
-    with torch.no_grad():  # the head's reference scorer is the plain one, averaged
-        assert torch.equal(head.reference_score(t_state, v_state), ref.mean(0))
-    # The four components are genuinely different quantities.
-    assert (fast[0] - fast[3]).abs().max() > 1e-3
+        np.testing.assert_allclose(components[c], expected[c], atol=atol, rtol=0)
+        np.testing.assert_allclose(plain[c], expected[c], atol=atol, rtol=0)
+    np.testing.assert_allclose(score, expected.mean(0), atol=atol, rtol=0)
+    np.testing.assert_allclose(reference, expected.mean(0), atol=atol, rtol=0)
+    # float64 end to end (the efficient scorer keeps its inputs' precision): near-exact.
+    head64 = head.double()
+    text64 = TextFeatures(text.sentence.double(), text.words.double(), text.word_mask)
+    t64, v64 = head64.text_state(text64), head64.video_state(frames.double(), frame_mask)
+    with torch.no_grad():
+        components64 = head64.score_components(t64, v64).numpy()
+    np.testing.assert_allclose(components64, numpy_scores_of(head64, t64, v64), atol=1e-9, rtol=0)
+
+
+@pytest.mark.parametrize("mask_padding", [True, False])
+def test_csc_loss_matches_numpy(mask_padding):
+    head = random_matrix_head(mask_padding, csc_weight=0.3)
+    text, frames, frame_mask = make_inputs(bt=4, bv=4, length=6, n=5, seed=7)
+    t_state, v_state = head.text_state(text), head.video_state(frames, frame_mask)
+    expected = numpy_scores_of(head, t_state, v_state)  # (4, B, B)
+    with torch.no_grad():
+        components = head.score_components(t_state, v_state)
+        loss = head.extra_loss(t_state, v_state)
+    assert csc_loss(components.double()).item() == pytest.approx(
+        numpy_csc(components.double().numpy()), rel=1e-9
+    )
+    assert loss.item() == pytest.approx(0.3 * numpy_csc(expected), rel=1e-4)
 
 
 def test_chunked_equals_unchunked():
