@@ -17,6 +17,17 @@ def text_features(sentence: torch.Tensor) -> TextFeatures:
     )
 
 
+def random_text(bt: int, length: int, d: int, seed: int) -> TextFeatures:
+    """Text features ``sentence [Bt, D]``, ``words [Bt, L, D]`` with random real lengths (the
+    first text full; at least 2 tokens, as CLIP's start and end), padded words zeroed."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(2, length + 1, (bt,), generator=g)
+    lengths[0] = length
+    word_mask = torch.arange(length)[None, :] < lengths[:, None]  # (Bt, L)
+    words = torch.randn(bt, length, d, generator=g) * word_mask[..., None]
+    return TextFeatures(torch.randn(bt, d, generator=g), words, word_mask)
+
+
 def random_frames(bv: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``[Bv, N, D]`` frames with random real lengths (the first video full), padding zeroed,
     and the ``[Bv, N]`` frame mask."""

@@ -405,8 +405,8 @@ def glccl_reference_scores(head: GLCCLHead, text: State, video: State) -> Tensor
         fmask = None
     temp = head.pool_temperature
 
-    def normalize(x: Tensor) -> Tensor:
-        return x / x.norm(dim=-1, keepdim=True)
+    def normalize(x: Tensor) -> Tensor:  # a zero vector (zeroed padding) stays zero
+        return x / x.norm(dim=-1, keepdim=True).clamp_min(NORM_EPS)
 
     def pooled(query: Tensor) -> Tensor:  # (Bt, D) → (Bt, Bv, D)
         weights = glim_pool(query, v, fmask, head.tau)  # (Bt, Bv, N)
