@@ -205,7 +205,7 @@ def step_tiny_bench(ctx: Context) -> StepResult:
     import pandas as pd
     import yaml
 
-    from tvrbench.bench.runner import run_bench
+    from tvrbench.bench.runner import BenchConfig, run_bench
 
     cfg = yaml.safe_load((ROOT / "configs" / "bench" / "tiny.yaml").read_text())
     lengths = list(ctx.sizes.stress_lengths_s)
@@ -226,7 +226,7 @@ def step_tiny_bench(ctx: Context) -> StepResult:
     cfg["data_overrides"] = {**cfg["data_overrides"], "max_frames": 4, "clip_seconds": None}
     if ctx.device.type == "cuda":
         cfg["trainer_overrides"] = {**cfg["trainer_overrides"], "precision": "bf16-mixed"}
-    run = run_bench(**cfg)
+    run = run_bench(BenchConfig(**cfg))
     stress = pd.read_csv(run / "stress.csv")
     results = json.loads((run / "results.json").read_text())
     found = {m: sorted(set(g["injected_length_s"])) for m, g in stress.groupby("method")}

@@ -5,12 +5,14 @@ the plot, the report). The evaluation itself is :mod:`tvrbench.bench.stress`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from tvrbench.bench.stress import StressSettings, complete_record, settings_from_config
+from tvrbench.bench.settings import BenchConfig, stress_settings
+from tvrbench.bench.stress import StressSettings, complete_record
 
 
 def restress_run(
@@ -68,8 +70,9 @@ def restress_run(
     known = {float(r["injected_length_s"]) for r in info.get("stress") or []}
     config.update(stress=True, injected_lengths_s=sorted(known | set(lengths)))
     torch_device = resolve_device(device or config.get("device", "auto"))
-    settings = settings_from_config(config, synthetic)
-    settings.injected_lengths_s = lengths
+    # The requested lengths only (those the run has are skipped), under the run's settings.
+    recorded = dataclasses.replace(BenchConfig.from_record(config), injected_lengths_s=lengths)
+    settings = stress_settings(recorded)
     methods = split_methods(config["methods"])
     seeds = seed_list(config["seeds"], int(config.get("seed", 0)))
     shared: dict[str, Any] = {}

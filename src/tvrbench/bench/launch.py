@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from tvrbench.bench.config import BenchConfigError, DeviceLayout, RunSpec
+from tvrbench.bench.measure import MeasureSettings
 
 LAUNCHER_KINDS = ("none", "local", "slurm")
 #: Variables through which a cluster or a launcher tells a process its rank: a training child
@@ -123,6 +124,16 @@ class LauncherSettings:
         return cls(**dict(value))
 
 
+def check_launch(settings: LauncherSettings, protocol: str, no_wait: bool) -> None:
+    """Refuse a launch this launcher cannot do (one-line :class:`BenchConfigError`)."""
+    if settings.kind != "none" and protocol == "cached_features":
+        raise BenchConfigError("launcher: the cached_features protocol runs in one process (none)")
+    if no_wait and settings.kind != "slurm":
+        raise BenchConfigError(
+            "no_wait: only with launcher slurm (local jobs end with this process)"
+        )
+
+
 def slurm_trainer_layout(
     settings: LauncherSettings, trainer_cfg: Mapping[str, Any]
 ) -> dict[str, Any]:
@@ -203,7 +214,7 @@ class UnitJob:
     spec: RunSpec
     run_dir: str  # absolute
     device: str  # "auto" | "cpu" | "cuda": resolved inside the job, on its node
-    measure: dict[str, Any]  # keyword arguments of measure_tested
+    measure: MeasureSettings
     given_checkpoint: str | None = None
     stress: Any = None  # tvrbench.bench.stress.StressSettings | None
     measure_matmul: bool = False  # measure the job's matmul rate (another machine than ours)

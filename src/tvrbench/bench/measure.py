@@ -10,6 +10,7 @@ measurements run on. Costs are measured on one device, whatever the training use
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 from typing import Any
 
 import lightning as L
@@ -29,6 +30,32 @@ from tvrbench.metrics import DIRECTIONS, METRIC_NAMES, bootstrap_ci, summarize_r
 from tvrbench.precision import precision_label, tower_autocast
 
 SAMPLE_KEYS = ("input_ids", "attention_mask", "frames", "frame_mask")
+
+
+@dataclass(frozen=True)
+class MeasureSettings:
+    """How a tested module is measured (:func:`measure_tested`).
+
+    Args:
+        bootstrap_samples: resamples of the 95 % query-bootstrap intervals.
+        gallery_sizes: gallery sizes of the retrieval-cost rows (gallery.csv).
+        latency_repeats, latency_warmup: timed and warm-up runs of each latency.
+        gallery_repeats: timed runs per gallery size.
+        gallery_max_mb: the largest synthetic gallery state built, MiB.
+        matmul_gflops_per_s: the measuring device's dense matmul rate (None: not measured).
+        seed: seed of the bootstrap, the synthetic galleries and the qualitative sample.
+        postproc: the post-processings reported besides ``none`` (None: only ``none``).
+    """
+
+    bootstrap_samples: int = 1000
+    gallery_sizes: list[int] = field(default_factory=lambda: [100, 1000, 10000, 100000])
+    latency_repeats: int = 20
+    latency_warmup: int = 3
+    gallery_repeats: int = 3
+    gallery_max_mb: float = 1024.0
+    matmul_gflops_per_s: float | None = None
+    seed: int = 0
+    postproc: PostprocSettings | None = None
 
 
 class TestCapture(L.Callback):
@@ -227,16 +254,8 @@ def measure_tested(
     module,
     capture: TestCapture,
     device: torch.device,
+    settings: MeasureSettings,
     *,
-    bootstrap_samples: int,
-    gallery_sizes: list[int],
-    latency_repeats: int,
-    latency_warmup: int,
-    gallery_repeats: int,
-    gallery_max_mb: float,
-    matmul_gflops_per_s: float | None,
-    seed: int,
-    postproc: PostprocSettings | None = None,
     bank: QueryBank | None = None,
     precision: Any = "32-true",
 ) -> dict[str, Any]:
@@ -250,15 +269,21 @@ def measure_tested(
     if capture.sample is None or not gallery:
         raise RuntimeError("no test batch was captured (empty test split?)")
     # ``precision``: the trainer's; latencies are timed under its tower autocast (CostMeter).
+    seed = settings.seed
     meter = CostMeter(
-        module, capture.sample, device, latency_repeats, latency_warmup, precision=precision
+        module,
+        capture.sample,
+        device,
+        settings.latency_repeats,
+        settings.latency_warmup,
+        precision=precision,
     )
     q_lat = meter.query(gallery)
-    variants = postproc_variants(module, ev, postproc, bank)  # {postproc: evaluation}
+    variants = postproc_variants(module, ev, settings.postproc, bank)  # {postproc: evaluation}
     rows = [
         {**row, "postproc": name}
         for name, variant in variants.items()
-        for row in bucket_rows(variant, capture, meter, bootstrap_samples, seed, q_lat)
+        for row in bucket_rows(variant, capture, meter, settings.bootstrap_samples, seed, q_lat)
     ]
     gallery_state = {k: v.clone().to(device) for k, v in gallery.items()}
     ids, am = meter.sample["input_ids"], meter.sample["attention_mask"]
@@ -269,17 +294,18 @@ def measure_tested(
         module,
         {k: v[:1] for k, v in text_state.items()},
         gallery_state,
-        gallery_sizes,
-        repeats=gallery_repeats,
+        settings.gallery_sizes,
+        repeats=settings.gallery_repeats,
         warmup=1,
-        max_gallery_mb=gallery_max_mb,
+        max_gallery_mb=settings.gallery_max_mb,
         seed=seed,
     )
     for g in timings:
         g["gflops_pair"] = pair_gflops
         rate = pair_gflops * g["gallery_size"] / (g["ms_per_query"] * 1e-3)
         g["achieved_gflops_per_s"] = rate
-        g["fraction_of_matmul"] = rate / matmul_gflops_per_s if matmul_gflops_per_s else math.nan
+        matmul = settings.matmul_gflops_per_s
+        g["fraction_of_matmul"] = rate / matmul if matmul else math.nan
     return {
         "rows": rows,
         "gallery": timings,

@@ -16,6 +16,7 @@ training and test); after a child-process training this process's test logs go t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import subprocess
 import sys
 import time
@@ -28,7 +29,7 @@ import torch
 from tvrbench.bench.config import BenchConfigError, RunSpec, is_distributed, one_device
 from tvrbench.bench.environment import device_name, proc_status_kb, reset_peak_rss
 from tvrbench.bench.launch import UnitJob, child_environment, release_cuda_memory
-from tvrbench.bench.measure import TestCapture, measure_tested
+from tvrbench.bench.measure import MeasureSettings, TestCapture, measure_tested
 from tvrbench.bench.postproc import encode_query_bank
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
 from tvrbench.methods import load_checkpoint_weights
@@ -140,7 +141,7 @@ def run_method(
     spec: RunSpec,
     run_dir: Path,
     device: torch.device,
-    measure: dict[str, Any],
+    measure: MeasureSettings,
     *,
     instantiate: Callable[[dict[str, Any]], tuple[Any, Any, Any]],
     datamodule_for: Callable[[Any], Any],
@@ -155,9 +156,9 @@ def run_method(
         spec: the resolved run.
         run_dir: the run folder.
         device: where testing and every measurement run.
-        measure: keyword arguments of :func:`~tvrbench.bench.measure.measure_tested`
-            (``postproc`` among them: QB-Norm's bank is encoded from the training split with
-            the tested weights, before the test).
+        measure: the measurement settings (:func:`~tvrbench.bench.measure.measure_tested`;
+            with QB-Norm among its post-processings the bank is encoded from the training split
+            with the tested weights, before the test).
         instantiate: config dict → ``(model, datamodule, trainer)``
             (:func:`tvrbench.train.instantiate`).
         datamodule_for: the run's shared DataModule for a freshly built one (identical data
@@ -258,7 +259,7 @@ def run_method(
         )
     if ckpt_path is not None:
         load_checkpoint_weights(module, ckpt_path)
-    postproc = measure.get("postproc")  # PostprocSettings | None
+    postproc = measure.postproc
     bank = None
     if postproc is not None and postproc.needs_bank:  # QB-Norm: the tested weights' bank
         bank = encode_query_bank(module, data, postproc, device, trainer.precision)
@@ -267,9 +268,9 @@ def run_method(
         module,
         capture,
         device,
+        measure,
         bank=bank,
         precision=trainer.precision,
-        **measure,
     )
     stress_rows: list[dict[str, Any]] = []
     stress_ranks: dict[str, Any] = {}
@@ -355,11 +356,11 @@ def run_unit(job: UnitJob) -> str | None:
             train_as_rank(job.spec, run_dir, training_env)
         return None
     device = resolve_device(job.device)
-    measure = dict(job.measure)
+    measure = job.measure
     if job.measure_matmul:
         from tvrbench.bench.environment import matmul_gflops_per_s
 
-        measure["matmul_gflops_per_s"] = matmul_gflops_per_s(device)
+        measure = dataclasses.replace(measure, matmul_gflops_per_s=matmul_gflops_per_s(device))
     record = run_method(
         job.spec,
         run_dir,

@@ -80,19 +80,6 @@ class PostprocSettings:
         return out
 
 
-def postproc_from_config(config: Mapping[str, Any]) -> PostprocSettings | None:
-    """The run's settings from a bench config (``run_bench``'s arguments); None: only ``none``."""
-    methods = config.get("postproc")
-    if methods is None:
-        methods = ["none", "dsl", "qbnorm"]
-    settings = PostprocSettings(
-        methods=list(methods) if not isinstance(methods, str) else [methods],
-        bank_max_queries=config.get("bank_max_queries", 1000),
-        seed=int(config.get("seed", 0)),
-    )
-    return settings if settings.methods != ["none"] else None
-
-
 @dataclass
 class QueryBank:
     """QB-Norm's bank: float32 states of training samples (CPU), row i = training sample

@@ -33,270 +33,105 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from tvrbench.bench.config import (
-    PROTOCOLS,
-    BenchConfigError,
-    config_hash,
-    default_run_name,
-    load_recipe,
-    resolve_recipe_name,
-    resolve_run,
-    section,
-    seed_list,
-    split_methods,
-)
+from tvrbench.bench.config import BenchConfigError, config_hash, resolve_run, split_methods
 from tvrbench.bench.launch import LauncherSettings, UnitsFailedError
+from tvrbench.bench.measure import MeasureSettings
+from tvrbench.bench.settings import BenchConfig, ResolvedBench, resolve
 from tvrbench.methods import MethodConfigError, class_of
 
-__all__ = ["BenchConfigError", "config_hash", "main", "run_bench", "split_methods"]
+__all__ = [
+    "BenchConfig",
+    "BenchConfigError",
+    "config_hash",
+    "main",
+    "run_bench",
+    "split_methods",
+]
 
-DEFAULT_METHODS = ["meanp", "xpool", "centerclip", "xclip", "glscl", "glccl"]
-DEFAULT_GALLERY_SIZES = [100, 1000, 10000, 100000]
-DEFAULT_POSTPROC = ["none", "dsl", "qbnorm"]
 
-
-def run_bench(
-    didemo_root: str | None = None,
-    synth_videos: int = 4500,
-    clip: str = "tiny",
-    clip_checkpoint: str | None = None,
-    methods: list[str] | str = DEFAULT_METHODS,
-    method_config_dir: str = "configs/method",
-    recipe: str = "auto",
-    recipe_dir: str = "configs/recipe",
-    seeds: int | list[int] = 1,
-    seed: int = 0,
-    data: str | dict[str, Any] = "configs/data/synthetic.yaml",
-    trainer: str | dict[str, Any] = "configs/trainer/cpu.yaml",
-    data_overrides: dict[str, Any] | None = None,
-    trainer_overrides: dict[str, Any] | None = None,
-    model_overrides: dict[str, Any] | None = None,
-    protocol: str = "finetune",
-    device: str = "auto",
-    out_dir: str = "outputs/bench-didemo",
-    run_name: str | None = None,
-    cache_dir: str | None = None,
-    checkpoints: dict[str, str] | None = None,
-    pretrain: bool = True,
-    pretrain_minutes: float = 2.0,
-    bootstrap_samples: int = 1000,
-    gallery_sizes: list[int] = DEFAULT_GALLERY_SIZES,
-    gallery_repeats: int = 3,
-    gallery_max_mb: float = 1024.0,
-    latency_repeats: int = 20,
-    latency_warmup: int = 3,
-    stress: bool = True,
-    injected_lengths_s: list[float] | None = None,
-    distractor_split: str = "val",
-    placement: str = "random",
-    stress_gallery: int | None = None,
-    postproc: list[str] = DEFAULT_POSTPROC,
-    bank_max_queries: int | None = 1000,
-    launcher: LauncherSettings | str = "none",
-    no_wait: bool = False,
-    float32_matmul_precision: str = "highest",
-) -> Path:
-    """Run the benchmark; returns the run folder.
-
-    Args:
-        didemo_root: folder with DiDeMo's ``{split}_data.json`` + ``{split}_list.txt``; None runs
-            the built-in synthetic DiDeMo-format data (generated once under ``cache_dir``).
-        synth_videos: size of the synthetic dataset (all splits).
-        clip: ``"tiny"``, a ``save_pretrained`` folder or a hub id (model and tokenizer).
-        clip_checkpoint: a CLIP state dict every method starts from (overrides ``pretrain``).
-        methods: names in ``method_config_dir`` (a list or ``"a,b"``).
-        recipe: ``auto`` (``tiny`` for the tiny CLIP, ``shared`` otherwise), ``tiny``,
-            ``shared`` or ``published`` (``recipe_dir/<name>.yaml``; SPEC §2.7).
-        seeds: a count (seeds ``seed, seed+1, …``) or a list; every method trains once per seed.
-        seed: base seed; also seeds the synthetic data and the tiny-CLIP pretraining.
-        data, trainer: the data config and the trainer config (a YAML path or inline).
-        data_overrides, trainer_overrides, model_overrides: applied last to every run's
-            ``data.init_args``, ``trainer`` and ``model.init_args``.
-        protocol: ``finetune`` or ``cached_features`` (FAST PROTOCOL).
-        device: ``auto``, ``cpu`` or ``cuda``: training (the trainer's accelerator) and every
-            measurement (one device).
-        out_dir, run_name: results go to ``<out_dir>/<run_name>`` (default: from the hash).
-        cache_dir: root of tvrbench's caches (frames, synthetic data, pretrained tiny CLIP,
-            features); default ``~/.cache/tvrbench``.
-        checkpoints: ``{method: path}`` Lightning checkpoints to test instead of training.
-        pretrain: pretrain the tiny CLIP on the training split first (tiny CLIP only).
-        bootstrap_samples: resamples of the 95 % intervals.
-        gallery_sizes, gallery_repeats, gallery_max_mb: retrieval cost versus gallery size.
-        latency_repeats, latency_warmup: timed and warm-up runs of the latency measurements.
-        stress: evaluate every selected checkpoint at the injected lengths (SPEC §6).
-        injected_lengths_s: the lengths T (s); None: the data's default set.
-        distractor_split, placement: where distractor seconds come from and where the video sits.
-        stress_gallery: evaluate the controlled-length protocol on the first N test videos only
-            (None: the whole test split); recorded in stress.csv and the report.
-        postproc: inference-time post-processings reported as separate rows (``postproc``
-            column): ``none`` (always), ``dsl`` (dual softmax, transductive), ``qbnorm``
-            (QB-Norm; its bank: the training split encoded by each tested checkpoint).
-        bank_max_queries: QB-Norm bank size cap (a seeded sample of training videos; None: the
-            whole split); the count is recorded in results.json.
-        launcher: ``none`` | ``local`` | ``slurm`` or a :class:`LauncherSettings` section
-            (SLURM resources): where every (method, seed) runs.
-        no_wait: with ``launcher: slurm``, return once the jobs are submitted; the same command
-            run later collects the records (and waits for jobs still queued or running).
-        float32_matmul_precision: ``highest`` (true float32: evaluation, similarities, ranks and
-            every float32 matmul of training), ``high`` or ``medium`` (TF32/bf16 passes on
-            Ampere/Hopper); set in this process and in every training process, and recorded.
-    """
-    config = dict(locals())
-    from tvrbench.bench.launch import refuse_multi_task_start, slurm_trainer_layout
+def run_bench(config: BenchConfig) -> Path:
+    """Run the benchmark (:class:`~tvrbench.bench.settings.BenchConfig`); returns the run
+    folder."""
+    from tvrbench.bench.launch import refuse_multi_task_start
     from tvrbench.precision import set_float32_precision
 
     refuse_multi_task_start()
     try:
-        set_float32_precision(float32_matmul_precision)
+        set_float32_precision(config.float32_matmul_precision)
     except ValueError as err:
         raise BenchConfigError(str(err)) from err
-    settings = LauncherSettings.from_config(launcher)
-    config["launcher"] = dict(settings.__dict__)
-    if protocol not in PROTOCOLS:
-        raise BenchConfigError(f"protocol: {protocol!r} is not one of {', '.join(PROTOCOLS)}")
-    if settings.kind != "none" and protocol == "cached_features":
-        raise BenchConfigError("launcher: the cached_features protocol runs in one process (none)")
-    if no_wait and settings.kind != "slurm":
-        raise BenchConfigError(
-            "no_wait: only with launcher slurm (local jobs end with this process)"
-        )
+    bench = resolve(config)
     from tvrbench.bench import starting_point
     from tvrbench.bench.environment import collect_environment
     from tvrbench.bench.outputs import record_path, write_outputs, write_record
-    from tvrbench.bench.postproc import postproc_from_config
     from tvrbench.device import resolve_device
-    from tvrbench.postproc import PostprocError
 
-    method_names = split_methods(methods)
-    seed_values = seed_list(seeds, seed)
-    recipe_name = resolve_recipe_name(recipe, clip)
-    recipe_cfg = load_recipe(recipe_name, recipe_dir)
-    data_cfg = section(data, "data", "data config")
-    if "class_path" not in data_cfg:
-        raise BenchConfigError(f"data config {data}: expected `data: {{class_path, init_args}}`")
-    trainer_cfg = section(trainer, "trainer", "trainer config")
-    if settings.kind == "slurm":
-        # Lightning in a job must use exactly what SLURM allocated (and the hash says so).
-        trainer_overrides = {**(trainer_overrides or {})}
-        layout = slurm_trainer_layout(settings, {**trainer_cfg, **trainer_overrides})
-        trainer_overrides.update(layout)
-        config["trainer_overrides"] = trainer_overrides
+    launcher = bench.launcher
     # The submitting host of SLURM jobs needs no accelerator: jobs resolve `device` themselves.
-    torch_device = resolve_device("cpu" if settings.kind == "slurm" else device)
-    synthetic = didemo_root is None
-    config.update(
-        methods=method_names,
-        seeds=seed_values,
-        recipe=recipe_name,
-        data=data_cfg,
-        trainer=trainer_cfg,
-        recipe_config=recipe_cfg.__dict__,
-    )
-    starting_point.check_clip_available(clip)
-    cache_root = Path(cache_dir).expanduser() if cache_dir else Path.home() / ".cache" / "tvrbench"
-    run_dir = Path(out_dir) / (run_name or default_run_name(config))
+    torch_device = resolve_device("cpu" if launcher.kind == "slurm" else config.device)
+    starting_point.check_clip_available(config.clip)
+    cache_root = config.cache_root
+    run_dir = bench.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
-    banner = "*** SYNTHETIC DATA — these are not DiDeMo numbers ***" if synthetic else "DiDeMo"
-    print(f"\n{banner}  (run: {run_dir}; recipe {recipe_name}; seeds {seed_values})\n")
-    if protocol == "cached_features":
+    banner = (
+        "*** SYNTHETIC DATA — these are not DiDeMo numbers ***" if bench.synthetic else "DiDeMo"
+    )
+    print(f"\n{banner}  (run: {run_dir}; recipe {bench.recipe.name}; seeds {bench.seeds})\n")
+    if config.protocol == "cached_features":
         from tvrbench.bench.report import FAST_PROTOCOL_BANNER
 
         print(f"\n*** {FAST_PROTOCOL_BANNER} ***\n")
-    root = starting_point.data_root(didemo_root, cache_root, seed, synth_videos)
-    bench_data: dict[str, Any] = {"root": str(root), "tokenizer": clip}
-    if cache_dir:
-        bench_data["cache_dir"] = str(cache_root / "frames")
-    if data_cfg.get("init_args", {}).get("image_size") is None:
-        from tvrbench.backbone import ClipBackbone
-
-        bench_data["image_size"] = ClipBackbone.from_pretrained(clip).image_size
-    overrides = {
-        "model": model_overrides or {},
-        "data": data_overrides or {},
-        "trainer": trainer_overrides or {},
-    }
-    accelerator = "gpu" if torch_device.type == "cuda" else "cpu"
-    # DEVICE=cuda:1 trains, tests and measures on GPU 1 (Lightning's devices=1 means GPU 0).
-    pinned = {"devices": [torch_device.index]} if torch_device.index is not None else {}
-
-    def spec_for(method: str, run_seed: int, start: str | None):
-        bench = {
-            "model": {"clip": clip, **({"clip_checkpoint": start} if start else {})},
-            "data": bench_data,
-            "trainer": {"accelerator": accelerator, **pinned},
-        }
-        spec = resolve_run(
-            method,
-            run_seed,
-            recipe=recipe_cfg,
-            method_config_dir=method_config_dir,
-            data=data_cfg,
-            trainer=trainer_cfg,
-            bench=bench,
-            overrides=overrides,
-        )
-        # Training processes (`tvrbench fit`) set the same float32 matmul precision.
-        spec.config["float32_matmul_precision"] = float32_matmul_precision
-        return spec
-
+    root = starting_point.data_root(
+        config.didemo_root, cache_root, config.seed, config.synth_videos
+    )
+    specs = _Specs(bench, root, torch_device)
     # Resolve every run before any work: a bad method config fails in one line, up front.
-    for m in method_names:
-        spec_for(m, seed_values[0], clip_checkpoint)
-    try:
-        postproc_settings = postproc_from_config(config)
-    except PostprocError as err:
-        raise BenchConfigError(str(err)) from err
-    config["postproc"] = postproc_settings.methods if postproc_settings else ["none"]
-    stress_settings = None
-    if stress:
-        from tvrbench.bench.stress import settings_from_config
-
-        stress_settings = settings_from_config(config, synthetic)
-        config["injected_lengths_s"] = stress_settings.injected_lengths_s
+    for m in bench.methods:
+        specs(m, bench.seeds[0], config.clip_checkpoint)
     pending = [
-        (m, s) for m in method_names for s in seed_values if not record_path(run_dir, m, s).exists()
+        (m, s)
+        for m in bench.methods
+        for s in bench.seeds
+        if not record_path(run_dir, m, s).exists()
     ]
-    done = len(method_names) * len(seed_values) - len(pending)
+    done = len(bench.methods) * len(bench.seeds) - len(pending)
     if done:
         print(f"resuming {run_dir}: {done} (method, seed) done; {len(pending)} to run")
     env = collect_environment(torch_device, config=None)
     shared = _SharedData()
+    checkpoints = config.checkpoints or {}
     if pending:
-        first_dm = shared.get(spec_for(pending[0][0], pending[0][1], clip_checkpoint))
-        start = clip_checkpoint
-        if start is None and pretrain and clip == "tiny":
+        first_dm = shared.get(specs(*pending[0], config.clip_checkpoint))
+        start = config.clip_checkpoint
+        if start is None and config.pretrain and config.clip == "tiny":
             start = starting_point.pretrained_tiny_clip(
-                first_dm, cache_root, pretrain_minutes, seed, accelerator=accelerator
+                first_dm,
+                cache_root,
+                config.pretrain_minutes,
+                config.seed,
+                accelerator=specs.accelerator,
             )
         cached = None
-        if protocol == "cached_features":
+        if config.protocol == "cached_features":
             from tvrbench.bench.cached import cached_setup
 
-            cached = cached_setup(first_dm, clip, start, cache_root, torch_device, seed)
-        measure = {
-            "bootstrap_samples": bootstrap_samples,
-            "gallery_sizes": list(gallery_sizes),
-            "latency_repeats": latency_repeats,
-            "latency_warmup": latency_warmup,
-            "gallery_repeats": gallery_repeats,
-            "gallery_max_mb": gallery_max_mb,
-            "matmul_gflops_per_s": env.get("matmul_gflops_per_s"),
-            "seed": seed,
-            "postproc": postproc_settings,
-        }
-        if settings.kind != "none":
-            _run_as_jobs(
-                settings,
-                [spec_for(m, s, start) for m, s in pending],
-                run_dir,
-                device=device,
-                measure=measure,
-                checkpoints=checkpoints or {},
-                stress=stress_settings,
-                shared=shared,
-                wait=not no_wait,
+            cached = cached_setup(
+                first_dm, config.clip, start, cache_root, torch_device, config.seed
             )
-            if no_wait:
+        measure = bench.measure_settings(env.get("matmul_gflops_per_s"))
+        if launcher.kind != "none":
+            _run_as_jobs(
+                launcher,
+                [specs(m, s, start) for m, s in pending],
+                run_dir,
+                device=config.device,
+                measure=measure,
+                checkpoints=checkpoints,
+                stress=bench.stress,
+                shared=shared,
+                wait=not config.no_wait,
+            )
+            if config.no_wait:
                 print(f"submitted; collect with the same command (run: {run_dir})")
                 return run_dir
             pending = []
@@ -305,25 +140,75 @@ def run_bench(
 
         for m, s in pending:
             record = run_method(
-                spec_for(m, s, start),
+                specs(m, s, start),
                 run_dir,
                 torch_device,
                 measure,
                 instantiate=instantiate,
                 datamodule_for=shared.share,
-                given_checkpoint=(checkpoints or {}).get(m),
+                given_checkpoint=checkpoints.get(m),
                 cached=cached,
-                stress=stress_settings,
+                stress=bench.stress,
             )
             path = write_record(run_dir, record)
             status = f"SKIPPED: {record['skipped']}" if record.get("skipped") else "done"
             print(f"[{m}/seed{s}] {status}: {path.relative_to(run_dir)}")
         shared.write_data_files(run_dir)
-    if stress_settings is not None:
-        _complete_stress(run_dir, method_names, seed_values, stress_settings, torch_device, shared)
-    test_data = shared.test_dataset(spec_for(method_names[0], seed_values[0], clip_checkpoint))
-    write_outputs(run_dir, method_names, seed_values, config, env, synthetic, test_data)
+    if bench.stress is not None:
+        _complete_stress(run_dir, bench.methods, bench.seeds, bench.stress, torch_device, shared)
+    test_data = shared.test_dataset(specs(bench.methods[0], bench.seeds[0], config.clip_checkpoint))
+    write_outputs(
+        run_dir, bench.methods, bench.seeds, bench.record(), env, bench.synthetic, test_data
+    )
     return run_dir
+
+
+class _Specs:
+    """The resolved ``tvrbench fit`` config of any (method, seed) of a run
+    (:func:`~tvrbench.bench.config.resolve_run`): what the bench decides on top of the method,
+    data and trainer configs — the data root, the CLIP and its starting checkpoint, the
+    device — and the run's overrides."""
+
+    def __init__(self, bench: ResolvedBench, data_root: Path, device) -> None:
+        config = bench.config
+        self.bench = bench
+        data: dict[str, Any] = {"root": str(data_root), "tokenizer": config.clip}
+        if config.cache_dir:
+            data["cache_dir"] = str(config.cache_root / "frames")
+        if bench.data.get("init_args", {}).get("image_size") is None:
+            from tvrbench.backbone import ClipBackbone
+
+            data["image_size"] = ClipBackbone.from_pretrained(config.clip).image_size
+        self.data = data
+        self.accelerator = "gpu" if device.type == "cuda" else "cpu"
+        # DEVICE=cuda:1 trains, tests and measures on GPU 1 (Lightning's devices=1 means GPU 0).
+        self.pinned = {"devices": [device.index]} if device.index is not None else {}
+        self.overrides = {
+            "model": config.model_overrides or {},
+            "data": config.data_overrides or {},
+            "trainer": bench.trainer_overrides,
+        }
+
+    def __call__(self, method: str, seed: int, start: str | None):
+        config = self.bench.config
+        decided = {
+            "model": {"clip": config.clip, **({"clip_checkpoint": start} if start else {})},
+            "data": self.data,
+            "trainer": {"accelerator": self.accelerator, **self.pinned},
+        }
+        spec = resolve_run(
+            method,
+            seed,
+            recipe=self.bench.recipe,
+            method_config_dir=config.method_config_dir,
+            data=self.bench.data,
+            trainer=self.bench.trainer,
+            bench=decided,
+            overrides=self.overrides,
+        )
+        # Training processes (`tvrbench fit`) set the same float32 matmul precision.
+        spec.config["float32_matmul_precision"] = config.float32_matmul_precision
+        return spec
 
 
 def _run_as_jobs(
@@ -332,7 +217,7 @@ def _run_as_jobs(
     run_dir: Path,
     *,
     device: str,
-    measure: dict[str, Any],
+    measure: MeasureSettings,
     checkpoints: dict[str, str],
     stress,
     shared: _SharedData,
@@ -462,7 +347,7 @@ def build_parser():
         description="Benchmark text-video retrieval methods per video length (SPEC §4-§6).",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="a configs/bench/*.yaml file")
-    parser.add_function_arguments(run_bench)
+    parser.add_class_arguments(BenchConfig)
     return parser
 
 
@@ -481,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     from tvrbench.train import known_error
 
     try:
-        run_bench(**kwargs)
+        run_bench(BenchConfig(**kwargs))
     except (MethodConfigError, BackboneNotFoundError, AnnotationError, DataSetupError) as err:
         print(f"tvrbench bench: {err}", file=sys.stderr)
         return 2

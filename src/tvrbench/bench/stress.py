@@ -31,7 +31,6 @@ from tvrbench.bench.postproc import (
     PostprocSettings,
     QueryBank,
     encode_query_bank,
-    postproc_from_config,
     postproc_variants,
     with_postproc_ranks,
 )
@@ -262,19 +261,3 @@ def complete_record(
         lengths=todo,
     )
     return merge_stress(record, rows, ranks)
-
-
-def settings_from_config(config: dict[str, Any], synthetic: bool) -> StressSettings:
-    """The protocol's settings from a bench config (``run_bench``'s arguments)."""
-    lengths = config.get("injected_lengths_s") or StressSettings.default_lengths(synthetic)
-    return StressSettings(
-        injected_lengths_s=[float(t) for t in lengths],
-        distractor_split=str(config.get("distractor_split") or "val"),
-        placement=str(config.get("placement") or "random"),
-        seed=int(config.get("seed", 0)),
-        gallery=config.get("stress_gallery"),
-        bootstrap_samples=int(config.get("bootstrap_samples", 1000)),
-        latency_repeats=int(config.get("latency_repeats", 20)),
-        latency_warmup=int(config.get("latency_warmup", 3)),
-        postproc=postproc_from_config(config),
-    )
