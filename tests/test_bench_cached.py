@@ -257,14 +257,14 @@ def test_extract_features_command_rejects_a_bad_split(tmp_path, capsys):
 
 def test_report_labels_only_the_fast_protocol():
     from tvrbench.bench.findings import findings
-    from tvrbench.bench.report import render_report
+    from tvrbench.bench.report import ReportInfo, render_report
 
     df = pd.DataFrame([{"method": "A", "bucket": "all", "n_queries": 10, "t2v_R@1": 50.0}])
-    finetune = render_report(df, None, {"data": "didemo"}, findings(df))
+    finetune = render_report(df, None, ReportInfo(data="didemo"), findings(df))
     assert "FAST PROTOCOL" not in finetune
     assert "- protocol: finetune" in finetune
     info = {"data": "didemo", "protocol": "cached_features", "skipped": {"B": "no features"}}
-    fast = render_report(df, None, info, findings(df)).splitlines()
+    fast = render_report(df, None, ReportInfo(**info), findings(df)).splitlines()
     assert fast[0] == f"> **{FAST_PROTOCOL_BANNER}**"
     assert fast[-1] == f"> **{FAST_PROTOCOL_BANNER}**"
     assert "- **skipped: B** — no features" in fast

@@ -19,7 +19,7 @@ from tvrbench.bench.postproc import (
     ranks_view,
     with_postproc_ranks,
 )
-from tvrbench.bench.report import render_report
+from tvrbench.bench.report import ReportInfo, render_report
 from tvrbench.postproc import PostprocError
 
 
@@ -122,7 +122,7 @@ def test_seed_aggregation_per_postproc_and_compact_table():
     report = render_report(
         results[results["postproc"] == "none"],
         None,
-        {"data": "synthetic", "postproc_results": results, "postproc": {}},
+        ReportInfo(data="synthetic", postproc_results=results),
         [],
     )
     assert "| m | all | 50.0 / 1.8 | 100.0 / 1.0 |" in report
@@ -130,12 +130,7 @@ def test_seed_aggregation_per_postproc_and_compact_table():
     real = render_report(
         results[results["postproc"] == "none"],
         None,
-        {
-            "data": "didemo",
-            "postproc_results": results,
-            "postproc": {},
-            "published_methods": ["m", "xclip"],
-        },
+        ReportInfo(data="didemo", postproc_results=results, published_methods=["m", "xclip"]),
         [],
     )
     assert "xclip: none (X-CLIP's released code" in real

@@ -13,7 +13,7 @@ from tvrbench.bench import report
 from tvrbench.bench.environment import collect_environment, cpu_model, device_name
 from tvrbench.bench.findings import findings
 from tvrbench.bench.plots import method_colours, plot_all, plot_stress
-from tvrbench.bench.report import render_report
+from tvrbench.bench.report import ReportInfo, render_report
 from tvrbench.bench.seeds import aggregate_seed_rows
 from tvrbench.metrics import MDR_CONVENTION, bootstrap_ci, paired_two_level_bootstrap
 
@@ -90,7 +90,7 @@ def test_paired_bootstrap_against_hand_computation():
 
 def test_render_report_banner():
     df = table([("A", "all", 10, 50.0, 40.0, 60.0)])
-    text = render_report(df, None, {"data": "synthetic"}, findings(df))
+    text = render_report(df, None, ReportInfo(data="synthetic"), findings(df))
     assert text.splitlines()[0] == "> **SYNTHETIC DATA — these are not DiDeMo numbers**"
     assert "only A was run" in text
 
@@ -185,7 +185,7 @@ def test_mean_rank_finding_uses_the_paired_bootstrap_with_ranks():
 
 def test_report_with_several_seeds_shows_spread_and_per_seed_table():
     results, ranks = seeded_run({"A": {0: 80, 1: 60}, "B": {0: 20, 1: 30}})
-    info = {"data": "didemo", "config": {"seeds": [0, 1]}}
+    info = ReportInfo(data="didemo", seeds=[0, 1])
     text = render_report(results, None, info, findings(results, ranks))
     assert "t2v R@1 ± std [95 % CI]" in text
     assert "| A | all | 100 |" in text and " 70.0 ± 14.1 [" in text
@@ -198,7 +198,7 @@ def test_report_with_several_seeds_shows_spread_and_per_seed_table():
 
 def test_report_with_one_seed_says_variance_not_measured():
     df = table([("A", "all", 10, 50.0, 40.0, 60.0), ("B", "all", 10, 40.0, 30.0, 50.0)])
-    info = {"data": "synthetic", "v2t_convention": "reference"}
+    info = ReportInfo(data="synthetic", v2t_convention="reference")
     text = render_report(df, None, info, findings(df))
     assert text.splitlines()[0] == f"> **{report.SYNTHETIC_BANNER}**"
     assert "training variance was not measured (1 seed)" in text
@@ -296,7 +296,7 @@ def test_stress_plot_and_report_sections(tmp_path):
         },
         "training_variance": "training variance measured over 2 seeds",
     }
-    text = render_report(df, None, info, findings(df))
+    text = render_report(df, None, ReportInfo(**info), findings(df))
     assert "## Controlled length" in text and "- A loses 10 R@1 from 0 to 60 s." in text
     assert "| A | 60 | 50 | 0.33 | 30.5 ± 0.7 [–, –] |" in text  # no ranks: no interval
     assert "| A | 43.4 | – | – | – | 17.5 | paper A | 31 s |" in text
@@ -321,10 +321,12 @@ def test_ablation_groups_and_section():
     df = table(rows)
     df["t2v_MnR"] = 7.0
     text = render_report(
-        df, None, {"data": "synthetic", "ablation_baselines": {"glccl": ("xclip",)}}, []
+        df, None, ReportInfo(data="synthetic", ablation_baselines={"glccl": ("xclip",)}), []
     )
     assert "## Ablations" in text
     assert "| xclip | 22.0 (-5.0) / 7.0 | 20.0 (-5.0) / 7.0 |" in text
     assert "| glccl_no_csc | 26.0 (-1.0) / 7.0 | 24.0 (-1.0) / 7.0 |" in text
     assert "| glccl | 27.0 / 7.0 | 25.0 / 7.0 |" in text
-    assert "## Ablations" not in render_report(df[df["method"] != "glccl_no_csc"], None, {}, [])
+    assert "## Ablations" not in render_report(
+        df[df["method"] != "glccl_no_csc"], None, ReportInfo(), []
+    )

@@ -186,7 +186,12 @@ def write_outputs(
 
     from tvrbench.bench.findings import findings, postproc_findings, stress_findings
     from tvrbench.bench.plots import plot_all
-    from tvrbench.bench.report import FAST_PROTOCOL_BANNER, SYNTHETIC_BANNER, render_report
+    from tvrbench.bench.report import (
+        FAST_PROTOCOL_BANNER,
+        SYNTHETIC_BANNER,
+        ReportInfo,
+        render_report,
+    )
     from tvrbench.bench.seeds import seeds_note
     from tvrbench.metrics import MDR_CONVENTION, V2T_CONVENTIONS
 
@@ -236,28 +241,28 @@ def write_outputs(
     notes = [f"{r['method']} (seed {r['seed']}): {n}" for r in records for n in r.get("notes", [])]
     recipes = {r["method"]: r.get("recipe") for r in records}
     variance = seeds_note(len(seeds))
-    info = {
-        "data": "synthetic" if synthetic else "didemo",
-        "environment": env,
-        "config": config,
-        "bad_videos": n_bad,
-        "notes": notes,
-        "protocol": protocol,
-        "skipped": skipped,
-        "recipes": recipes,
-        "seeds": seeds,
-        "training_variance": variance,
-        "stress": stress,
-        "stress_findings": stress_lines,
-        "published": published_numbers(records) if not synthetic else {},
-        "published_methods": [] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
-        "ablation_baselines": class_attribute(records, "ABLATION_BASELINES"),
-        "postproc_results": all_results,
-        "postproc_stress": all_stress,
-        "postproc_findings": pp_lines,
-        "postproc": postproc,
-        "qualitative": qualitative,
-        "run_costs": {
+    info = ReportInfo(
+        data="synthetic" if synthetic else "didemo",
+        environment=env,
+        config=config,
+        bad_videos=n_bad,
+        notes=notes,
+        protocol=protocol,
+        skipped=skipped,
+        recipes=recipes,
+        seeds=seeds,
+        training_variance=variance,
+        stress=stress,
+        stress_findings=stress_lines,
+        published=published_numbers(records) if not synthetic else {},
+        published_methods=[] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
+        ablation_baselines=class_attribute(records, "ABLATION_BASELINES"),
+        postproc_results=all_results,
+        postproc_stress=all_stress,
+        postproc_findings=pp_lines,
+        postproc=postproc,
+        qualitative=qualitative,
+        run_costs={
             key(r): {
                 k: r.get(k)
                 for k in ("epochs_trained", "train_seconds", "wall_seconds", "peak_rss_mb")
@@ -265,14 +270,14 @@ def write_outputs(
             for r in records
             if not r.get("skipped")
         },
-    }
+    )
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
     from tvrbench.data.manifest import manifest_record
 
     atomic_write_json(
         run_dir / "results.json",
         {
-            "data": info["data"],
+            "data": info.data,
             "banner": SYNTHETIC_BANNER if synthetic else None,
             "protocol": protocol,
             "protocol_banner": FAST_PROTOCOL_BANNER if protocol == "cached_features" else None,

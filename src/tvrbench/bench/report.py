@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -71,22 +72,72 @@ def format_value(x: Any, digits: int = 1) -> str:
 _fmt = format_value
 
 
+@dataclass(frozen=True)
+class ReportInfo:
+    """Everything the report says besides the tables of results (built by
+    :func:`tvrbench.bench.outputs.write_outputs`).
+
+    Args:
+        data: ``"synthetic"`` (the banner at the top) or ``"didemo"``.
+        environment: :func:`tvrbench.bench.environment.collect_environment`'s record.
+        config: the run's settings (:meth:`tvrbench.bench.settings.ResolvedBench.record`).
+        bad_videos: videos skipped (bad_videos.csv).
+        notes: ``"<method> (seed k): <note>"`` lines.
+        protocol: ``finetune`` or ``cached_features`` (:data:`FAST_PROTOCOL_BANNER` top and
+            bottom).
+        skipped: ``{method: reason}``, one line each.
+        recipes: ``{method: recipe record}``.
+        seeds: the training seeds (empty: the table's).
+        training_variance: the :func:`~tvrbench.bench.seeds.seeds_note` line (None: computed).
+        v2t_convention: a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`.
+        stress: controlled-length rows per method × ``injected_length_s`` × seed plus
+            ``seed = "mean"`` rows (``postproc == none``), with ``stress_findings``.
+        published: ``{method: {metric: value}}``; ``published_methods``: the methods run.
+        ablation_baselines: ``{ablation method: its baseline method}``.
+        postproc_results, postproc_stress: every post-processing's rows; ``postproc_findings``;
+            ``postproc``: ``{method: settings record}``.
+        qualitative: the qualitative sheet's page (linked).
+        run_costs: ``{method: {epochs_trained, train_seconds, wall_seconds, peak_rss_mb}}``.
+    """
+
+    data: str | None = None
+    environment: Mapping[str, Any] = field(default_factory=dict)
+    config: Mapping[str, Any] = field(default_factory=dict)
+    bad_videos: int = 0
+    notes: Sequence[str] = ()
+    protocol: str = "finetune"
+    skipped: Mapping[str, str] = field(default_factory=dict)
+    recipes: Mapping[str, Any] = field(default_factory=dict)
+    seeds: Sequence[Any] = ()
+    training_variance: str | None = None
+    v2t_convention: str = "best-caption"
+    stress: pd.DataFrame | None = None
+    stress_findings: Sequence[str] = ()
+    published: Mapping[str, Any] = field(default_factory=dict)
+    published_methods: Sequence[str] = ()
+    ablation_baselines: Mapping[str, Any] = field(default_factory=dict)
+    postproc_results: pd.DataFrame | None = None
+    postproc_stress: pd.DataFrame | None = None
+    postproc_findings: Sequence[str] = ()
+    postproc: Mapping[str, Any] = field(default_factory=dict)
+    qualitative: str | None = None
+    run_costs: Mapping[str, Any] | None = None
+
+
 def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
 
 
-def _seed_list(results: pd.DataFrame, info: Mapping[str, Any]) -> list[Any]:
-    cfg = info.get("config") or {}
-    seeds = info.get("seeds") or cfg.get("seeds")
-    if seeds is None:
-        rows = per_seed_rows(results)
-        if "seed" in rows and len(rows):
-            seeds = sorted({seed_key(s) for s in rows["seed"]}, key=str)
-    if seeds is None:
-        return []
-    return list(seeds) if isinstance(seeds, (list, tuple)) else [seeds]
+def _seed_list(results: pd.DataFrame, info: ReportInfo) -> list[Any]:
+    """The run's training seeds; the table's when the report is given none."""
+    if info.seeds:
+        return list(info.seeds)
+    rows = per_seed_rows(results)
+    if "seed" in rows and len(rows):
+        return sorted({seed_key(s) for s in rows["seed"]}, key=str)
+    return []
 
 
 def _with_spread(row: pd.Series, key: str, several: bool) -> str:
@@ -325,14 +376,14 @@ def _postproc_cells(table: pd.DataFrame, group: str, methods: Sequence[str]) -> 
     return rows
 
 
-def _postproc_section(info: Mapping[str, Any]) -> list[str]:
+def _postproc_section(info: ReportInfo) -> list[str]:
     """The compact table "t2v R@1 / MnR: none | DSL | QB-Norm" per method (overall and per
     length bucket; per injected length too), the settings and which published numbers used
     which. Empty when only ``none`` ran."""
     from tvrbench.bench.postproc import label
     from tvrbench.postproc import POSTPROC_METHODS
 
-    results = info.get("postproc_results")
+    results = info.postproc_results
     if results is None or "postproc" not in results or not len(results):
         return []
     methods = [m for m in POSTPROC_METHODS if m in set(results["postproc"].astype(str))]
@@ -346,7 +397,7 @@ def _postproc_section(info: Mapping[str, Any]) -> list[str]:
         f"t2v R@1 / MnR per method and bucket{' (seed means)' if count_seeds(results) > 1 else ''}"
         "; intervals in results.csv (`postproc` column).",
     ]
-    settings = next(iter((info.get("postproc") or {}).values()), None) or {}
+    settings = next(iter(info.postproc.values()), None) or {}
     if settings.get("dsl"):
         d = settings["dsl"]
         lines.append(
@@ -359,7 +410,7 @@ def _postproc_section(info: Mapping[str, Any]) -> list[str]:
         sizes = sorted(
             {
                 str(s["qbnorm"].get("bank_queries"))
-                for s in (info.get("postproc") or {}).values()
+                for s in info.postproc.values()
                 if s.get("qbnorm")
             }
         )
@@ -370,7 +421,7 @@ def _postproc_section(info: Mapping[str, Any]) -> list[str]:
             f"{q.get('bank_max_queries')}); v2t banks the same training videos. Uses extra "
             "data at test time."
         )
-    methods_run = info.get("published_methods") or ()
+    methods_run = info.published_methods
     published = {m: PUBLISHED_POSTPROC[m] for m in methods_run if m in PUBLISHED_POSTPROC}
     published = published or PUBLISHED_POSTPROC
     lines.append(
@@ -385,7 +436,7 @@ def _postproc_section(info: Mapping[str, Any]) -> list[str]:
         ),
         "",
     ]
-    stress = info.get("postproc_stress")
+    stress = info.postproc_stress
     if stress is not None and "postproc" in stress and len(stress):
         lines += [
             "Controlled length (t2v R@1 / MnR per injected length):",
@@ -472,33 +523,26 @@ def _recipe_table(recipes: Mapping[str, Any] | None) -> list[str]:
 def render_report(
     results: pd.DataFrame,
     gallery: pd.DataFrame | None,
-    info: Mapping[str, Any],
+    info: ReportInfo,
     finding_lines: Sequence[str],
     plots: Sequence[str] = (),
 ) -> str:
     """The Markdown report.
 
     ``results``: per-seed rows and ``seed = "mean"`` rows (or one row per method × bucket, read
-    as one seed). ``info``: ``data``, ``environment``, ``config``, ``bad_videos``, ``run_dir``,
-    ``notes``, ``protocol`` (default ``finetune``; ``cached_features`` puts
-    :data:`FAST_PROTOCOL_BANNER` at the top and the bottom), ``skipped`` (``{method: reason}``,
-    one line each), ``seeds`` (the training seeds; default ``config["seeds"]`` or the table's),
-    ``training_variance`` (the :func:`~tvrbench.bench.seeds.seeds_note` line; computed when
-    absent), ``v2t_convention`` (a key of :data:`~tvrbench.metrics.V2T_CONVENTIONS`, default
-    ``config["v2t"]`` or ``"best-caption"``), ``recipes`` (``{method: recipe record or name}``),
-    ``stress`` (controlled-length DataFrame, rows per method × ``injected_length_s`` × seed
-    plus ``seed = "mean"`` rows) with ``stress_findings`` (sentences), ``published``
-    (``{method: {metric: value}}``) and ``qualitative`` (the qualitative sheet's page, linked)."""
-    synthetic = info.get("data") == "synthetic"
-    protocol = str(info.get("protocol") or "finetune")
+    as one seed); ``gallery``: gallery.csv's rows; ``info``: everything else it says
+    (:class:`ReportInfo`); ``finding_lines``: the findings' sentences
+    (:mod:`tvrbench.bench.findings`); ``plots``: the figures' file names."""
+    synthetic = info.data == "synthetic"
+    protocol = info.protocol
     fast = protocol == "cached_features"
-    env = info.get("environment", {}) or {}
-    cfg = info.get("config", {}) or {}
+    env = info.environment
+    cfg = info.config
     headline = summary_rows(results)
     seeds = _seed_list(results, info)
     n_seeds = max(len(seeds), count_seeds(results))
     several = n_seeds > 1
-    v2t = str(info.get("v2t_convention") or cfg.get("v2t") or "best-caption")
+    v2t = info.v2t_convention
     lines: list[str] = []
     if synthetic:
         lines += [f"> **{SYNTHETIC_BANNER}**", ""]
@@ -508,13 +552,13 @@ def render_report(
     gpu = ""
     if env.get("gpu_name"):
         gpu = f"; GPU {env.get('gpu_name')}, driver {env.get('gpu_driver')}, CUDA {env.get('cuda')}"
-    recipe_records = [r for r in (info.get("recipes") or {}).values() if isinstance(r, Mapping)]
+    recipe_records = [r for r in info.recipes.values() if isinstance(r, Mapping)]
     clip_seconds = sorted({str(r.get("clip_seconds")) for r in recipe_records}) or [
         str(cfg.get("clip_seconds"))
     ]
     precisions = sorted({str(r.get("precision")) for r in recipe_records if r.get("precision")})
     lines += [
-        f"- data: {info.get('data')} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
+        f"- data: {info.data} ({cfg.get('didemo_root') or 'built-in synthetic'}), "
         f"clip_seconds: {' / '.join(clip_seconds)} (None = whole videos), backbone: "
         f"{cfg.get('clip')}",
         f"- training precision: {' / '.join(precisions) or 'not recorded'} (CLIP towers only; "
@@ -537,18 +581,15 @@ def render_report(
         f"- metrics: ranks 1-based, {TIE_CONVENTION}; MdR = {MDR_CONVENTION}; "
         f"v2t convention: {v2t} ({V2T_CONVENTIONS.get(v2t, 'unknown')})",
         f"- seeds: {', '.join(map(str, seeds)) or 'not recorded'} — "
-        f"{info.get('training_variance') or seeds_note(n_seeds)}",
-        f"- bad videos: {info.get('bad_videos', 0)} (bad_videos.csv)",
+        f"{info.training_variance or seeds_note(n_seeds)}",
+        f"- bad videos: {info.bad_videos} (bad_videos.csv)",
         f"- protocol: {PROTOCOL_DESCRIPTIONS.get(protocol, protocol)}",
     ]
-    recipes = _recipe_names(info.get("recipes"))
+    recipes = _recipe_names(info.recipes)
     if recipes:
         lines.append(f"- recipes: {recipes}")
-    lines += [
-        f"- **skipped: {method}** — {reason}"
-        for method, reason in (info.get("skipped") or {}).items()
-    ]
-    lines += [""] + _recipe_table(info.get("recipes"))
+    lines += [f"- **skipped: {method}** — {reason}" for method, reason in info.skipped.items()]
+    lines += [""] + _recipe_table(info.recipes)
     lines += [
         "## Findings",
         "",
@@ -644,14 +685,14 @@ def render_report(
                     "",
                 ]
     lines += _postproc_section(info)
-    lines += _ablation_section(results, info.get("ablation_baselines"))
-    lines += _stress_section(info.get("stress"), info.get("stress_findings") or [])
-    lines += _published_section(info.get("published") or {}, info.get("published_methods") or ())
-    lines += _run_cost_section(info.get("run_costs"))
+    lines += _ablation_section(results, info.ablation_baselines)
+    lines += _stress_section(info.stress, info.stress_findings)
+    lines += _published_section(info.published, info.published_methods)
+    lines += _run_cost_section(info.run_costs)
     if plots:
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
-    if info.get("qualitative"):
-        page = info["qualitative"]
+    if info.qualitative:
+        page = info.qualitative
         lines += [
             "## Qualitative retrieval",
             "",
@@ -659,7 +700,7 @@ def render_report(
             "from every length bucket (first seed, plain similarity), the correct video outlined.",
             "",
         ]
-    for note in info.get("notes", []):
+    for note in info.notes:
         lines += [f"- note: {note}"]
     if synthetic:
         lines += ["", f"> **{SYNTHETIC_BANNER}**"]
