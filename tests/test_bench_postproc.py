@@ -19,6 +19,7 @@ from tvrbench.bench.postproc import (
     ranks_view,
     with_postproc_ranks,
 )
+from tvrbench.bench.record import MethodRecord
 from tvrbench.bench.report import ReportInfo, render_report
 from tvrbench.postproc import PostprocError
 
@@ -104,12 +105,7 @@ def test_seed_aggregation_per_postproc_and_compact_table():
         "postproc": {"dsl": {"ranks_t2v": [1, 1, 1, 1], "ranks_v2t": [1, 1, 1, 1]}},
     }
     records = [
-        {
-            "method": "m",
-            "seed": s,
-            "ranks": ranks,
-            "rows": [_row("none", 50.0, 1.75), _row("dsl", 100.0, 1.0)],
-        }
+        MethodRecord("m", s, ranks=ranks, rows=[_row("none", 50.0, 1.75), _row("dsl", 100.0, 1.0)])
         for s in (0, 1)
     ]
     combined = combine(records, {"bootstrap_samples": 20}, synthetic=True)

@@ -18,6 +18,7 @@ from tvrbench.bench.qualitative import (
     top_k_columns,
     write_qualitative,
 )
+from tvrbench.bench.record import MethodRecord
 
 
 def numpy_ranks(sim: np.ndarray) -> np.ndarray:
@@ -85,17 +86,17 @@ def test_record_top_lists_are_dataset_indices_of_an_argsort():
         assert q["rank"] == ranks[row]
 
 
-def _records(sim: np.ndarray) -> list[dict]:
+def _records(sim: np.ndarray) -> list[MethodRecord]:
     ev = _eval(sim, [0] * 5 + [1] * 5, list(range(10)))
     entry = qualitative_record(ev, seed=0, per_bucket=2)
     shuffled = sim[:, ::-1].copy()  # another method: another order, other ranks
     ev_b = _eval(shuffled, [0] * 5 + [1] * 5, list(range(10)))
     return [
-        {"method": "a", "seed": 0, "qualitative": entry},
-        {"method": "a", "seed": 1, "qualitative": {"queries": []}},  # not the first seed
-        {"method": "b", "seed": 0, "qualitative": qualitative_record(ev_b, seed=0)},
-        {"method": "old", "seed": 0},  # written before the sheet existed
-        {"method": "gone", "seed": 0, "skipped": "cannot run"},
+        MethodRecord("a", 0, qualitative=entry),
+        MethodRecord("a", 1, qualitative={"queries": []}),  # not the first seed
+        MethodRecord("b", 0, qualitative=qualitative_record(ev_b, seed=0)),
+        MethodRecord.from_json({"method": "old", "seed": 0}),  # written before the sheet
+        MethodRecord("gone", 0, skipped="cannot run"),
     ]
 
 
@@ -128,7 +129,7 @@ def test_layout_outlines_the_correct_video_exactly_where_rank_at_most_5():
 
 
 def test_layout_of_records_without_samples_is_none():
-    assert sheet_layout([{"method": "old", "seed": 0}], ["old"], [0], lambda i: ("", "")) is None
+    assert sheet_layout([MethodRecord("old", 0)], ["old"], [0], lambda i: ("", "")) is None
 
 
 def test_thumbnail_strip_takes_evenly_spaced_frames():
@@ -163,7 +164,7 @@ def test_write_qualitative_page_and_image(tmp_path):
     page = (tmp_path / SHEET_PAGE).read_text()
     assert page.startswith("> **SYNTHETIC DATA") and f"![{SHEET_PNG}]({SHEET_PNG})" in page
     assert "first seed" in page and "not recorded" in page and "| skipped |" in page
-    q = records[0]["qualitative"]["queries"][0]
+    q = records[0].qualitative["queries"][0]
     assert f"`v{q['index']}.mp4`" in page and f"paragraph {q['index']}" in page
     if q["rank"] <= 5:
         assert f"**`v{q['index']}.mp4`**" in page
@@ -183,7 +184,7 @@ def test_write_qualitative_page_and_image(tmp_path):
 def test_malformed_entries_read_as_not_recorded(bad):
     sim = np.eye(10)
     records = _records(sim)
-    records[2]["qualitative"] = bad
+    records[2].qualitative = bad
     sheet = sheet_layout(records, ["a", "b"], [0], lambda i: ("", ""))
     assert sheet is not None
     assert all(p.rows[1].note == "not recorded" for p in sheet.panels)

@@ -31,6 +31,7 @@ from tvrbench.bench.environment import device_name, proc_status_kb, reset_peak_r
 from tvrbench.bench.launch import UnitJob, child_environment, release_cuda_memory
 from tvrbench.bench.measure import MeasureSettings, TestCapture, measure_tested
 from tvrbench.bench.postproc import encode_query_bank
+from tvrbench.bench.record import MethodRecord
 from tvrbench.bench.stress import StressSettings, evaluate_lengths
 from tvrbench.methods import load_checkpoint_weights
 
@@ -149,7 +150,7 @@ def run_method(
     cached=None,
     stress: StressSettings | None = None,
     training_env: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
+) -> MethodRecord:
     """Train (or load), test and measure one (method, seed); returns its record.
 
     Args:
@@ -285,29 +286,35 @@ def run_method(
             bank=bank,
         )
     peak_kb = proc_status_kb("VmHWM")
-    return {
+    return MethodRecord(
         **_identity(spec),
-        "wall_seconds": time.perf_counter() - started_s,
+        wall_seconds=time.perf_counter() - started_s,
         # This process's peak RSS during the method (training in a DDP child not included);
         # without a resettable mark it is the whole process's peak so far (an upper bound).
-        "peak_rss_mb": peak_kb / 1024 if peak_kb is not None else None,
-        "peak_rss_scope": "this method" if peak_reset else "process so far (upper bound)",
-        "checkpoint": checkpoint,
-        "selected_on": selected_on,
-        "best_val_R@1": best_val,
-        "epochs_trained": epochs,
-        "train_seconds": train_s,
+        peak_rss_mb=peak_kb / 1024 if peak_kb is not None else None,
+        peak_rss_scope="this method" if peak_reset else "process so far (upper bound)",
+        checkpoint=checkpoint,
+        selected_on=selected_on,
+        best_val_r1=best_val,
+        epochs_trained=epochs,
+        train_seconds=train_s,
         # Resolved in this process's fit (None: trained in a DDP child or not trained here).
-        "activation_checkpointing": getattr(module, "activation_checkpointing_used", None),
-        "cost_device": f"{device.type} ({device_name(device)})",
-        "threads": torch.get_num_threads(),
-        "notes": notes,
-        **({"frozen_backbone": True, "features": dict(cached.paths)} if cached else {}),
-        **measured,
-        "stress": stress_rows,
-        "stress_ranks": stress_ranks,
-        **({"postproc": postproc.record(bank)} if postproc is not None else {}),
-    }
+        activation_checkpointing=getattr(module, "activation_checkpointing_used", None),
+        cost_device=f"{device.type} ({device_name(device)})",
+        threads=torch.get_num_threads(),
+        notes=notes,
+        frozen_backbone=True if cached else None,
+        features=dict(cached.paths) if cached else None,
+        rows=measured["rows"],
+        gallery=measured["gallery"],
+        latency_query=measured["latency_query"],
+        ranks=measured["ranks"],
+        qualitative=measured["qualitative"],
+        test_metrics=measured["test_metrics"],
+        stress=stress_rows,
+        stress_ranks=stress_ranks,
+        postproc=postproc.record(bank) if postproc is not None else None,
+    )
 
 
 def _identity(spec: RunSpec) -> dict[str, Any]:
@@ -321,16 +328,9 @@ def _identity(spec: RunSpec) -> dict[str, Any]:
     }
 
 
-def skipped_record(spec: RunSpec, reason: str) -> dict[str, Any]:
+def skipped_record(spec: RunSpec, reason: str) -> MethodRecord:
     """The record of a (method, seed) the protocol cannot run."""
-    return {
-        **_identity(spec),
-        "skipped": reason,
-        "notes": [],
-        "rows": [],
-        "gallery": [],
-        "stress": [],
-    }
+    return MethodRecord(**_identity(spec), skipped=reason)
 
 
 def run_unit(job: UnitJob) -> str | None:
@@ -372,5 +372,5 @@ def run_unit(job: UnitJob) -> str | None:
         stress=job.stress,
         training_env=training_env,
     )
-    record["job"] = {"id": env.job_id, "hostname": env.hostname, "tasks": env.num_tasks}
+    record.job = {"id": env.job_id, "hostname": env.hostname, "tasks": env.num_tasks}
     return str(write_record(run_dir, record))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tvrbench.atomic import atomic_write_csv, atomic_write_json, atomic_write_text
+from tvrbench.bench.record import MethodRecord
 from tvrbench.metrics import INTERVAL_COLUMNS, METRIC_COLUMNS, STD_COLUMNS
 from tvrbench.precision import PRECISION_STORY
 
@@ -89,27 +90,28 @@ def record_path(run_dir: Path, method: str, seed: int) -> Path:
     return run_dir / "methods" / method / f"seed{seed}.json"
 
 
-def write_record(run_dir: Path, record: dict[str, Any]) -> Path:
-    path = record_path(run_dir, record["method"], int(record["seed"]))
-    atomic_write_json(path, record)
+def write_record(run_dir: Path, record: MethodRecord) -> Path:
+    path = record_path(run_dir, record.method, record.seed)
+    atomic_write_json(path, record.to_json())
     return path
 
 
-def read_records(run_dir: Path, methods: list[str], seeds: list[int]) -> list[dict[str, Any]]:
+def read_records(run_dir: Path, methods: list[str], seeds: list[int]) -> list[MethodRecord]:
+    """The records of ``methods`` × ``seeds`` that exist, in that order."""
     return [
-        json.loads(record_path(run_dir, m, s).read_text())
+        MethodRecord.from_json(json.loads(record_path(run_dir, m, s).read_text()))
         for m in methods
         for s in seeds
         if record_path(run_dir, m, s).exists()
     ]
 
 
-def _tagged(record: dict[str, Any], key: str, extra: dict[str, Any]) -> list[dict[str, Any]]:
+def _tagged(rows: list[dict[str, Any]], record: MethodRecord, extra: dict[str, Any]):
     """A record's rows with its method and seed; rows written before post-processing was
     reported are ``postproc = none``."""
     return [
-        {"postproc": "none", **row, "method": record["method"], "seed": record["seed"], **extra}
-        for row in record.get(key) or []
+        {"postproc": "none", **row, "method": record.method, "seed": record.seed, **extra}
+        for row in rows
     ]
 
 
@@ -121,24 +123,21 @@ def _per_postproc(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
     return {k: v for k, v in out.items() if v}
 
 
-def combine(
-    records: list[dict[str, Any]], config: dict[str, Any], synthetic: bool
-) -> dict[str, Any]:
+def combine(records: list[MethodRecord], config: dict[str, Any], synthetic: bool) -> dict[str, Any]:
     """Per-seed rows of every record plus the aggregated ``seed = mean`` rows."""
     from tvrbench.bench.seeds import aggregate_seed_rows
 
-    ran = [r for r in records if not r.get("skipped")]
+    ran = [r for r in records if not r.skipped]
     extra = {
         "data": "synthetic" if synthetic else "didemo",
         "protocol": config.get("protocol", "finetune"),
     }
     rows, gallery, stress = [], [], []
     for r in ran:
-        recipe = (r.get("recipe") or {}).get("recipe")
-        clip_seconds = (r.get("recipe") or {}).get("clip_seconds")
-        rows += _tagged(r, "rows", {**extra, "recipe": recipe, "clip_seconds": clip_seconds})
-        gallery += _tagged(r, "gallery", {"protocol": extra["protocol"]})
-        stress += _tagged(r, "stress", {})
+        recipe, clip_seconds = r.recipe.get("recipe"), r.recipe.get("clip_seconds")
+        rows += _tagged(r.rows, r, {**extra, "recipe": recipe, "clip_seconds": clip_seconds})
+        gallery += _tagged(r.gallery, r, {"protocol": extra["protocol"]})
+        stress += _tagged(r.stress, r, {})
     n_boot, seed = int(config["bootstrap_samples"]), int(config.get("seed", 0))
     # Seeds are aggregated per post-processing: its own rows and its own per-query ranks.
     ranks = {pp: rank_table(ran, postproc=pp) for pp in _per_postproc(rows)}
@@ -153,16 +152,16 @@ def combine(
 
 
 def rank_table(
-    records: list[dict[str, Any]], key: str = "ranks", postproc: str = "none"
+    records: list[MethodRecord], key: str = "ranks", postproc: str = "none"
 ) -> dict[str, dict[int, Any]]:
     """``{method: {seed: ranks record}}`` of one post-processing (the bootstrap's input)."""
     from tvrbench.bench.postproc import ranks_view
 
     out: dict[str, dict[int, Any]] = {}
     for r in records:
-        entry = ranks_view(r.get(key), postproc)
+        entry = ranks_view(getattr(r, key), postproc)
         if entry:
-            out.setdefault(r["method"], {})[int(r["seed"])] = entry
+            out.setdefault(r.method, {})[r.seed] = entry
     return out
 
 
@@ -198,10 +197,10 @@ def write_outputs(
     protocol = config.get("protocol", "finetune")
     records = read_records(run_dir, methods, seeds)
 
-    def key(r: dict[str, Any]) -> str:  # the method alone when the run has one seed
-        return r["method"] if len(seeds) == 1 else f"{r['method']}/seed{r['seed']}"
+    def key(r: MethodRecord) -> str:  # the method alone when the run has one seed
+        return r.method if len(seeds) == 1 else r.key
 
-    skipped = {key(r): r["skipped"] for r in records if r.get("skipped")}
+    skipped = {key(r): r.skipped for r in records if r.skipped}
     combined = combine(records, config, synthetic)
     rows, gallery_rows, stress_rows = combined["rows"], combined["gallery"], combined["stress"]
     atomic_write_csv(run_dir / "results.csv", rows, RESULT_COLUMNS)
@@ -226,7 +225,7 @@ def write_outputs(
         stress = stress[stress["postproc"].astype(str) == "none"]
     lines = findings(results, combined["ranks"].get("none", {}), n_boot=n_boot, seed=seed)
     pp_lines = postproc_findings(all_results, combined["ranks"], n_boot=n_boot, seed=seed)
-    postproc = {key(r): r["postproc"] for r in records if r.get("postproc")}
+    postproc = {key(r): r.postproc for r in records if r.postproc}
     stress_lines: list[str] = []
     if stress is not None:
         stress_lines = stress_findings(stress)
@@ -238,8 +237,8 @@ def write_outputs(
     from tvrbench.bench.qualitative import write_qualitative
 
     qualitative = write_qualitative(run_dir, records, methods, seeds, test_data, synthetic)
-    notes = [f"{r['method']} (seed {r['seed']}): {n}" for r in records for n in r.get("notes", [])]
-    recipes = {r["method"]: r.get("recipe") for r in records}
+    notes = [f"{r.method} (seed {r.seed}): {n}" for r in records for n in r.notes]
+    recipes = {r.method: r.recipe for r in records}
     variance = seeds_note(len(seeds))
     info = ReportInfo(
         data="synthetic" if synthetic else "didemo",
@@ -255,7 +254,7 @@ def write_outputs(
         stress=stress,
         stress_findings=stress_lines,
         published=published_numbers(records) if not synthetic else {},
-        published_methods=[] if synthetic else list(dict.fromkeys(r["method"] for r in records)),
+        published_methods=[] if synthetic else list(dict.fromkeys(r.method for r in records)),
         ablation_baselines=class_attribute(records, "ABLATION_BASELINES"),
         postproc_results=all_results,
         postproc_stress=all_stress,
@@ -264,11 +263,13 @@ def write_outputs(
         qualitative=qualitative,
         run_costs={
             key(r): {
-                k: r.get(k)
-                for k in ("epochs_trained", "train_seconds", "wall_seconds", "peak_rss_mb")
+                "epochs_trained": r.epochs_trained,
+                "train_seconds": r.train_seconds,
+                "wall_seconds": r.wall_seconds,
+                "peak_rss_mb": r.peak_rss_mb,
             }
             for r in records
-            if not r.get("skipped")
+            if not r.skipped
         },
     )
     atomic_write_text(run_dir / "report.md", render_report(results, gallery, info, lines, plots))
@@ -301,7 +302,8 @@ def write_outputs(
             # Its rows, gallery and stress rows are the top-level lists below (and the CSVs),
             # its ranks the records' own files: not written twice.
             "methods": {
-                key(r): {k: v for k, v in r.items() if k not in RECORD_ONLY} for r in records
+                key(r): {k: v for k, v in r.to_json().items() if k not in RECORD_ONLY}
+                for r in records
             },
             "results": rows,
             "gallery": gallery_rows,
@@ -319,22 +321,20 @@ def write_outputs(
     print(f"report: {run_dir / 'report.md'}")
 
 
-def class_attribute(records: list[dict[str, Any]], name: str) -> dict[str, Any]:
-    """``{method: value}`` of a class attribute of each record's method class (where set)."""
-    from tvrbench.methods import class_of
+def class_attribute(records: list[MethodRecord], name: str) -> dict[str, Any]:
+    """``{method: value}`` of a class attribute of each record's method, its module class's or
+    else its head class's (where set; :func:`tvrbench.methods.method_attribute`)."""
+    from tvrbench.methods import method_attribute
 
     out: dict[str, Any] = {}
     for r in records:
-        try:
-            cls = class_of(r["class_path"])
-        except Exception:
-            continue
-        value = getattr(cls, name, None)
+        value = method_attribute(r.class_path, r.init_args, name)
         if value:
-            out[r["method"]] = value
+            out[r.method] = value
     return out
 
 
-def published_numbers(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Each method class's published DiDeMo text→video numbers (``PUBLISHED_DIDEMO_T2V``)."""
+def published_numbers(records: list[MethodRecord]) -> dict[str, Any]:
+    """Each method's published DiDeMo text→video numbers (``PUBLISHED_DIDEMO_T2V`` of its head
+    class, or of its module class where that sets one)."""
     return class_attribute(records, "PUBLISHED_DIDEMO_T2V")

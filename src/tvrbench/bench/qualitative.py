@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from tvrbench.bench.record import MethodRecord
+
 QUERIES_PER_BUCKET = 2
 TOP_K = 5
 FRAMES_PER_VIDEO = 3
@@ -127,9 +129,9 @@ def qualitative_record(
     }
 
 
-def _queries_of(record: Mapping[str, Any]) -> list[SampledQuery] | None:
+def _queries_of(record: MethodRecord) -> list[SampledQuery] | None:
     """A record's sampled queries; None when it has none (older records, skipped methods)."""
-    entry = record.get("qualitative")
+    entry = record.qualitative
     if not isinstance(entry, Mapping) or not entry.get("queries"):
         return None
     try:
@@ -189,7 +191,7 @@ class Sheet:
 
 
 def sheet_layout(
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[MethodRecord],
     methods: Sequence[str],
     seeds: Sequence[int],
     describe: Callable[[int], tuple[str, str]],
@@ -201,8 +203,8 @@ def sheet_layout(
     gets a row with a note. ``describe(i)`` gives ``(video name, paragraph)`` of test index
     ``i``. None when no record holds a sample.
     """
-    by_key = {(str(r["method"]), int(r["seed"])): r for r in records}
-    chosen: dict[str, Mapping[str, Any]] = {}
+    by_key = {(r.method, r.seed): r for r in records}
+    chosen: dict[str, MethodRecord] = {}
     for m in methods:
         for s in seeds:
             if (m, int(s)) in by_key:
@@ -221,7 +223,7 @@ def sheet_layout(
         for m, r in chosen.items():
             got = per_method[m].get(q.index)
             if got is None:
-                note = "skipped" if r.get("skipped") else "not recorded"
+                note = "skipped" if r.skipped else "not recorded"
                 rows.append(MethodRow(m, None, [], note))
                 continue
             thumbs = [Thumb(v, describe(v)[0], v == q.index) for v in got.top]
@@ -229,10 +231,10 @@ def sheet_layout(
             rows.append(MethodRow(m, got.rank, thumbs))
         name, paragraph = describe(q.index)
         panels.append(QueryPanel(q.index, q.bucket, paragraph, name, rows))
-    entry = source["qualitative"]
+    entry = source.qualitative or {}
     return Sheet(
         panels,
-        {m: int(r["seed"]) for m, r in chosen.items()},
+        {m: r.seed for m, r in chosen.items()},
         entry.get("sample_seed"),
         entry.get("per_bucket"),
         list(drawn),
@@ -315,7 +317,7 @@ def render_page(sheet: Sheet, synthetic: bool, image: str | None, why_no_image: 
 
 def write_qualitative(
     run_dir: Path,
-    records: Sequence[Mapping[str, Any]],
+    records: Sequence[MethodRecord],
     methods: Sequence[str],
     seeds: Sequence[int],
     test_data: TestVideos | None,

@@ -151,7 +151,7 @@ def run_bench(config: BenchConfig) -> Path:
                 stress=bench.stress,
             )
             path = write_record(run_dir, record)
-            status = f"SKIPPED: {record['skipped']}" if record.get("skipped") else "done"
+            status = f"SKIPPED: {record.skipped}" if record.skipped else "done"
             print(f"[{m}/seed{s}] {status}: {path.relative_to(run_dir)}")
         shared.write_data_files(run_dir)
     if bench.stress is not None:

@@ -18,6 +18,7 @@ and ``tvrbench stress --run DIR``, :mod:`tvrbench.stress_cli`). The findings' se
 from __future__ import annotations
 
 import copy
+import dataclasses
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ from tvrbench.bench.postproc import (
     postproc_variants,
     with_postproc_ranks,
 )
+from tvrbench.bench.record import MethodRecord
 from tvrbench.data.stress import (
     DIDEMO_INJECTED_LENGTHS_S,
     SYNTHETIC_INJECTED_LENGTHS_S,
@@ -89,9 +91,9 @@ def length_key(injected_length_s: float) -> str:
     return str(float(injected_length_s))
 
 
-def missing_lengths(record: dict[str, Any], lengths: Sequence[float]) -> list[float]:
+def missing_lengths(record: MethodRecord, lengths: Sequence[float]) -> list[float]:
     """The lengths of ``lengths`` that ``record`` has no stress row for."""
-    have = {float(r["injected_length_s"]) for r in record.get("stress") or []}
+    have = {float(r["injected_length_s"]) for r in record.stress}
     return [float(t) for t in lengths if float(t) not in have]
 
 
@@ -187,17 +189,13 @@ def evaluate_lengths(
 
 
 def merge_stress(
-    record: dict[str, Any], rows: list[dict[str, Any]], ranks: dict[str, Any]
-) -> dict[str, Any]:
+    record: MethodRecord, rows: list[dict[str, Any]], ranks: dict[str, Any]
+) -> MethodRecord:
     """``record`` with new length rows added (a length evaluated again replaces its row)."""
     new = {float(r["injected_length_s"]) for r in rows}
-    kept = [r for r in record.get("stress") or [] if float(r["injected_length_s"]) not in new]
+    kept = [r for r in record.stress if float(r["injected_length_s"]) not in new]
     merged = sorted([*kept, *rows], key=lambda r: float(r["injected_length_s"]))
-    return {
-        **record,
-        "stress": merged,
-        "stress_ranks": {**(record.get("stress_ranks") or {}), **ranks},
-    }
+    return dataclasses.replace(record, stress=merged, stress_ranks={**record.stress_ranks, **ranks})
 
 
 # ------------------------------------------------------------------- existing runs (resume, CLI)
@@ -211,13 +209,13 @@ def _first_test_row(datamodule) -> dict[str, torch.Tensor]:
 
 def complete_record(
     run_dir: Path,
-    record: dict[str, Any],
+    record: MethodRecord,
     settings: StressSettings,
     device: torch.device,
     *,
     instantiate,
     datamodule_for=lambda dm: dm,
-) -> dict[str, Any]:
+) -> MethodRecord:
     """Evaluate a finished record's selected checkpoint at the lengths it lacks.
 
     The module and data come from the run's resolved config
@@ -230,14 +228,14 @@ def complete_record(
     from tvrbench.methods import load_checkpoint_weights
 
     todo = missing_lengths(record, settings.injected_lengths_s)
-    if not todo or record.get("skipped"):
+    if not todo or record.skipped:
         return record
-    method, seed = record["method"], int(record["seed"])
+    method, seed = record.method, record.seed
     path = run_dir / "configs" / f"{method}-seed{seed}.yaml"
     if not path.is_file():
         raise BenchConfigError(f"{path}: no resolved config for {method}/seed{seed} in this run")
     config = yaml.safe_load(path.read_text())
-    checkpoint = str(record.get("checkpoint") or "")
+    checkpoint = str(record.checkpoint or "")
     if not Path(checkpoint).is_file():
         raise BenchConfigError(
             f"{method}/seed{seed}: checkpoint {checkpoint or '(none recorded)'} is missing; "
