@@ -17,9 +17,9 @@ from tvrbench.data.datamodule import (
     DataSetupError,
     DiDeMoDataModule,
     collate_batch,
-    deduplicate_indices,
 )
 from tvrbench.data.video import CLIP_MEAN, CLIP_STD
+from tvrbench.retrieval import deduplicate_indices
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -23,7 +23,7 @@ Batches (docs/CONTRACTS.md): ``input_ids`` / ``attention_mask`` LongTensor ``[B,
 Evaluation under DDP: Lightning wraps the evaluation loaders in a ``DistributedSampler``, which
 pads the dataset by repeating samples so that every rank gets the same number. ``index`` is the
 sample's position in its split's dataset; after gathering, keep one row per index
-(:func:`deduplicate_indices`) to score each query exactly once.
+(:func:`tvrbench.retrieval.deduplicate_indices`) to score each query exactly once.
 """
 
 from __future__ import annotations
@@ -230,18 +230,6 @@ def count_truncated(tokenizer: Any, texts: list[str], max_words: int) -> int:
         return 0
     ids = tokenizer(texts, add_special_tokens=True, truncation=False, verbose=False)["input_ids"]
     return sum(len(x) > max_words for x in ids)
-
-
-def deduplicate_indices(index: torch.Tensor) -> torch.Tensor:
-    """Positions of the first occurrence of every distinct ``index`` value, ordered by index.
-
-    Undoes the padding of a ``DistributedSampler`` after gathering: ``rows[positions]`` has one
-    row per sample. Args: ``index`` LongTensor ``[M]``. Returns LongTensor ``[U]``.
-    """
-    values, inverse = torch.unique(index, sorted=True, return_inverse=True)
-    first = torch.full((len(values),), len(index), dtype=torch.long)
-    first.scatter_reduce_(0, inverse, torch.arange(len(index)), reduce="amin")
-    return first
 
 
 # ------------------------------------------------------------------------------------ dataset
