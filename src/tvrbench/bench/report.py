@@ -9,7 +9,7 @@ the aggregated rows. A table without a ``seed`` column is read as one seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -130,6 +130,26 @@ def markdown_table(rows: Sequence[Sequence[Any]], header: Sequence[str]) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Column:
+    """One column of a report table: its header and how a row of the results becomes its
+    cell (header and cell side by side, so a table cannot lose one of them)."""
+
+    header: str
+    cell: Callable[[pd.Series], str]
+
+
+def number(key: str, digits: int = 1) -> Callable[[pd.Series], str]:
+    """The cell of column ``key`` with ``digits`` decimals (``–`` when missing)."""
+    return lambda r: _fmt(r.get(key), digits)
+
+
+def column_table(frame: pd.DataFrame, columns: Sequence[Column]) -> str:
+    """A Markdown table with one row per row of ``frame``."""
+    rows = [[c.cell(r) for c in columns] for _, r in frame.iterrows()]
+    return markdown_table(rows, [c.header for c in columns])
+
+
 def _seed_list(results: pd.DataFrame, info: ReportInfo) -> list[Any]:
     """The run's training seeds; the table's when the report is given none."""
     if info.seeds:
@@ -147,6 +167,17 @@ def _with_spread(row: pd.Series, key: str, several: bool) -> str:
     return value
 
 
+def _r1_with_interval(r: pd.Series, several: bool) -> str:
+    """t2v R@1 (± its seed spread) and its 95 % interval."""
+    interval = f"[{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]"
+    return f"{_with_spread(r, 't2v_R@1', several)} {interval}"
+
+
+def _with_p90(r: pd.Series, prefix: str) -> str:
+    """A latency's median and p90 in ms: ``"1.20 (1.50)"``."""
+    return f"{_fmt(r.get(prefix + '_ms'), 2)} ({_fmt(r.get(prefix + '_p90_ms'), 2)})"
+
+
 def _main_header(name: str, spread: str) -> str:
     """The main table's header of t2v metric ``name``: R@1 with spread and interval, MnR with
     spread, every other metric bare."""
@@ -159,10 +190,7 @@ def _main_cell(r: pd.Series, metric: Metric, several: bool) -> str:
     """The main table's cell of one t2v registry metric (see :func:`_main_header`)."""
     column = f"t2v_{metric.name}"
     if metric.name == "R@1":
-        return (
-            f"{_with_spread(r, column, several)} "
-            f"[{_fmt(r.get(column + '_lo'))}, {_fmt(r.get(column + '_hi'))}]"
-        )
+        return _r1_with_interval(r, several)
     if metric.name == "MnR":
         return _with_spread(r, column, several)
     return _fmt(r.get(column), metric.digits)
@@ -225,33 +253,18 @@ def _stress_section(stress: pd.DataFrame | None, stress_lines: Sequence[str]) ->
         *[f"- {s}" for s in stress_lines],
         *([""] if stress_lines else []),
     ]
-    header = [
-        "method",
-        "injected s",
-        "n",
-        "relevant fraction",
-        f"t2v R@1{spread} [95 % CI]",
-        f"MnR{spread}",
-        "frames",
-        "GFLOPs video",
-        "video ms",
+    columns = [
+        Column("method", lambda r: str(r["method"])),
+        Column("injected s", number("injected_length_s", 0)),
+        Column("n", number("n_queries")),
+        Column("relevant fraction", number("mean_relevant_fraction", 2)),
+        Column(f"t2v R@1{spread} [95 % CI]", lambda r: _r1_with_interval(r, several)),
+        Column(f"MnR{spread}", lambda r: _with_spread(r, "t2v_MnR", several)),
+        Column("frames", number("mean_frames")),
+        Column("GFLOPs video", number("gflops_video", 4)),
+        Column("video ms", number("latency_video_ms", 2)),
     ]
-    rows = [
-        [
-            r["method"],
-            _fmt(r.get("injected_length_s"), 0),
-            _fmt(r.get("n_queries")),
-            _fmt(r.get("mean_relevant_fraction"), 2),
-            f"{_with_spread(r, 't2v_R@1', several)} "
-            f"[{_fmt(r.get('t2v_R@1_lo'))}, {_fmt(r.get('t2v_R@1_hi'))}]",
-            _with_spread(r, "t2v_MnR", several),
-            _fmt(r.get("mean_frames")),
-            _fmt(r.get("gflops_video"), 4),
-            _fmt(r.get("latency_video_ms"), 2),
-        ]
-        for _, r in headline.iterrows()
-    ]
-    return [*lines, markdown_table(rows, header), ""]
+    return [*lines, column_table(headline, columns), ""]
 
 
 def _published_section(
@@ -604,60 +617,36 @@ def render_report(
         ]
     spread = " ± std" if several else ""
     shown = [m for m in METRICS if m.in_report]
-    header = [
-        "method",
-        "bucket",
-        "n",
-        "dur s",
-        "frames",
-        *(_main_header(m.name, spread) for m in shown),
-        "v2t R@1",
-        "v2t MnR",
-        "chance R@1",
+    main_columns = [
+        Column("method", lambda r: str(r["method"])),
+        Column("bucket", lambda r: str(r["bucket"])),
+        Column("n", number("n_queries")),
+        Column("dur s", number("mean_duration_s")),
+        Column("frames", number("mean_frames")),
+        *(
+            Column(_main_header(m.name, spread), lambda r, m=m: _main_cell(r, m, several))
+            for m in shown
+        ),
+        Column("v2t R@1", number("v2t_R@1")),
+        Column("v2t MnR", number("v2t_MnR")),
+        Column("chance R@1", number("chance_R@1", 2)),
     ]
-    rows = []
-    for _, r in headline.iterrows():
-        rows.append(
-            [
-                r["method"],
-                r["bucket"],
-                _fmt(r.get("n_queries")),
-                _fmt(r.get("mean_duration_s")),
-                _fmt(r.get("mean_frames")),
-                *(_main_cell(r, m, several) for m in shown),
-                _fmt(r.get("v2t_R@1")),
-                _fmt(r.get("v2t_MnR")),
-                _fmt(r.get("chance_R@1"), 2),
-            ]
-        )
-    lines += [markdown_table(rows, header), ""]
+    lines += [column_table(headline, main_columns), ""]
     if several:
         lines += _per_seed_table(results, seeds)
     lines += ["## Cost per length bucket", ""]
-    header = [
-        "method",
-        "bucket",
-        "GFLOPs text",
-        "GFLOPs video",
-        "GFLOPs pair",
-        "query ms (p90)",
-        "video ms (p90)",
-    ]
-    rows = [
-        [
-            r["method"],
-            r["bucket"],
-            _fmt(r.get("gflops_text"), 4),
-            _fmt(r.get("gflops_video"), 4),
-            _fmt(r.get("gflops_pair"), 6),
-            f"{_fmt(r.get('latency_query_ms'), 2)} ({_fmt(r.get('latency_query_p90_ms'), 2)})",
-            f"{_fmt(r.get('latency_video_ms'), 2)} ({_fmt(r.get('latency_video_p90_ms'), 2)})",
-        ]
-        for _, r in headline.iterrows()
+    cost_columns = [
+        Column("method", lambda r: str(r["method"])),
+        Column("bucket", lambda r: str(r["bucket"])),
+        Column("GFLOPs text", number("gflops_text", 4)),
+        Column("GFLOPs video", number("gflops_video", 4)),
+        Column("GFLOPs pair", number("gflops_pair", 6)),
+        Column("query ms (p90)", lambda r: _with_p90(r, "latency_query")),
+        Column("video ms (p90)", lambda r: _with_p90(r, "latency_video")),
     ]
     if several:
         lines += ["Costs are means over seeds.", ""]
-    lines += [markdown_table(rows, header), ""]
+    lines += [column_table(headline, cost_columns), ""]
     lines += [
         "GFLOPs pair is the suite's fast form at this run's sizes. The heads' cost at the "
         "published MSR-VTT 1k-A protocol (and DiDeMo's), official forward and fast form next to "
