@@ -63,7 +63,7 @@ gpu-check: $(STAMP) ## One-shot GPU check (<= 8 min on one H100): results/gpu-ch
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/gpu_check.py
 
 bench-efficiency: $(STAMP) ## Head FLOPs at GLSCL Table I's MSR-VTT sizes (and DiDeMo's) vs the published ones
-	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/scoring.py --published-protocol msrvtt,didemo
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) benchmarks/published_efficiency.py --protocols msrvtt,didemo
 
 clean: ## Remove the venv, caches and outputs
 	rm -rf $(VENV) outputs .pytest_cache .ruff_cache .mypy_cache

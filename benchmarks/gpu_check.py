@@ -55,6 +55,10 @@ from typing import Any
 
 import torch
 
+from tvrbench.bench.head_cost import random_clip_dir, random_inputs, text_states, video_states
+from tvrbench.bench.latency import query_latency, synchronize, time_callable
+from tvrbench.methods import CONFIG_DIR, create_module, default_methods
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1024**2
 GIB = 1024**3
@@ -106,36 +110,31 @@ class Context:
     device: torch.device
     sizes: Sizes
     work_dir: Path
-    config_dir: Path = ROOT / "configs" / "method"
+    config_dir: Path = ROOT / CONFIG_DIR
 
 
 # ------------------------------------------------------------------------------- helpers
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def wall_ms(fn: Callable[[], Any], device: torch.device, repeats: int) -> float:
-    """Median synchronised wall-clock milliseconds of ``fn()`` (after one warm-up)."""
+    """Median synchronised wall-clock milliseconds of ``fn()`` (after one warm-up): the timer
+    that the ``timing`` step holds :func:`~tvrbench.bench.latency.time_callable`'s events
+    against, so it stays the host's clock on every device."""
     import statistics
 
     fn()
-    sync(device)
+    synchronize(device)
     samples = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
-        sync(device)
+        synchronize(device)
         samples.append((time.perf_counter() - t0) * 1e3)
     return statistics.median(samples)
 
 
 def methods(ctx: Context) -> list[str]:
-    """Every method config but variants (as ``benchmarks/train_step.py`` picks them)."""
-    from train_step import default_methods
-
+    """Every method config but variants (:func:`tvrbench.methods.default_methods`)."""
     return default_methods(ctx.config_dir)
 
 
@@ -152,12 +151,12 @@ def clip_folder(ctx: Context) -> str:
 
 
 def build_method(ctx: Context, method: str, clip: str, words: int, frames: int) -> Any:
-    from train_step import build_from_config, method_config
-
-    class_path, init_args = method_config(method, ctx.config_dir)
-    overrides = {"clip": clip, "clip_checkpoint": None, "max_words": words, "max_frames": frames}
+    """``method`` built from its config on ``clip``, with ``max_words`` / ``max_frames`` where
+    it takes them (seed 0)."""
     torch.manual_seed(0)
-    return build_from_config(class_path, init_args, overrides)
+    return create_module(
+        method, ctx.config_dir, max_words=words, max_frames=frames, clip=clip, clip_checkpoint=None
+    )
 
 
 def random_batch(module: Any, batch: int, frames: int, words: int, seed: int) -> dict[str, Any]:
@@ -334,8 +333,6 @@ def step_train_memory(ctx: Context) -> StepResult:
 
 
 def step_scoring_precision(ctx: Context) -> StepResult:
-    from scoring import random_clip_dir, random_inputs, text_states, video_states
-
     from tvrbench.chunking import chunked_score
     from tvrbench.metrics import text_to_video_ranks
 
@@ -394,10 +391,6 @@ def step_scoring_precision(ctx: Context) -> StepResult:
 
 
 def step_timing(ctx: Context) -> StepResult:
-    from scoring import random_clip_dir, random_inputs, video_states
-
-    from tvrbench.bench.latency import query_latency, time_callable
-
     s = ctx.sizes
     n = s.timing_matmul
     a = torch.randn(n, n, device=ctx.device)
@@ -514,10 +507,10 @@ def step_loader(ctx: Context) -> StepResult:
         for batch in loader:
             sizes.append(batch.numel() * batch.element_size())
             ok &= batch.dtype == torch.uint8
-            sync(ctx.device)
+            synchronize(ctx.device)
             t1 = time.perf_counter()
             on_device = batch.to(ctx.device, non_blocking=pin)
-            sync(ctx.device)
+            synchronize(ctx.device)
             copy_ms.append((time.perf_counter() - t1) * 1e3)
             del on_device
         total_s = time.perf_counter() - t0

@@ -4,13 +4,15 @@ GLSCL's paper (arXiv 2405.12710, Table I, MSR-VTT 1k-A, ViT-B/32) gives the FLOP
 method's similarity head for the full 1,000 × 1,000 test: 32 words, 12 frames, D = 512. This
 module recounts every suite method at exactly those sizes with the suite's one convention
 (1 FLOP = 1 multiply-add, the heads' written-out formulas, cross-checked with fvcore/torch
-counters in ``benchmarks/scoring.py``):
+counters in ``benchmarks/scoring.py``) on the same random DiDeMo-shaped states
+(:mod:`tvrbench.bench.head_cost`):
 
 * ``reference_gflops`` — the official forward's count (the head's ``reference_pair_flops``, or its
   ``pair_flops`` where the official code is the same computation) × pairs;
 * ``fast_gflops`` — the suite's fast form (``pair_flops`` × pairs, states cached per item);
 
-times both on this machine (``scoring.Case``: chunked fast scorer, block-wise reference), and
+times both on this machine (:class:`~tvrbench.bench.head_cost.Case`: chunked fast scorer,
+block-wise reference; :func:`tvrbench.bench.latency.time_runs`), and
 writes the published figure, the ratio and a one-line reason for every difference. The same table
 at DiDeMo sizes (64 words, 64 frames, 1004 × 1004; nothing is published there).
 
@@ -22,12 +24,19 @@ Per-pair methods are timed on the first whole text blocks covering ``subset_text
 extrapolated to the full gallery (every block costs the same: same shapes, i.i.d. inputs); the
 gallery sizes beyond 1k in the pipeline table are extrapolated linearly from the 1k timing. Both
 are stated in the ``time_note`` column.
+
+Usage (``make bench-efficiency``)::
+
+    .venv/bin/python benchmarks/published_efficiency.py [--protocols msrvtt,didemo]
+        [--methods NAME[,NAME...]] [--config-dir configs/method] [--device cpu|cuda]
+        [--dtype fp32|bf16|fp16] [--no-timing] [--out-dir benchmarks/results]
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass
@@ -36,17 +45,23 @@ from typing import Any
 
 import torch
 
-from benchmarks.scoring import (
+from tvrbench.backbone import TextFeatures
+from tvrbench.bench.head_cost import (
     DTYPES,
+    CaseSettings,
     build_case,
     build_head,
     random_clip_dir,
     random_inputs,
     reference_note,
-    time_runs,
 )
-from tvrbench.backbone import TextFeatures
+from tvrbench.bench.latency import time_runs
+from tvrbench.methods import CONFIG_DIR, config_names, resolve_methods
 from tvrbench.retrieval import RetrievalHead
+
+ROOT = Path(__file__).resolve().parents[1]
+#: The chunked scorer's memory budget without ``--budget-mb`` (``benchmarks/scoring.py``'s).
+BUDGET_MB = 2048.0
 
 
 @dataclass(frozen=True)
@@ -186,13 +201,9 @@ class PipelineRow:
     time_note: str
 
 
-def _args(p: Protocol, base: argparse.Namespace) -> argparse.Namespace:
-    """The namespace ``scoring.build_head``/``build_case`` read, at protocol ``p``'s sizes."""
-    return argparse.Namespace(
-        config_dir=base.config_dir,
-        device=base.device,
-        dtype=base.dtype,
-        seed=base.seed,
+def case_settings(p: Protocol, base: argparse.Namespace) -> CaseSettings:
+    """Protocol ``p``'s sizes with the run's budget, dtype, device and seed."""
+    return CaseSettings(
         texts=p.texts,
         videos=p.videos,
         words=p.words,
@@ -200,11 +211,14 @@ def _args(p: Protocol, base: argparse.Namespace) -> argparse.Namespace:
         dim=p.dim,
         budget_mb=base.budget_mb,
         subset_texts=p.subset_texts,
+        dtype=base.dtype,
+        device=base.device,
+        seed=base.seed,
     )
 
 
 def head_cost_row(
-    method: str, head: RetrievalHead, p: Protocol, args: argparse.Namespace, timed: bool
+    method: str, head: RetrievalHead, p: Protocol, args: CaseSettings, timed: bool
 ) -> tuple[HeadCostRow, float]:
     """The row of ``method`` at protocol ``p`` and its fast time per pair (seconds; NaN when not
     timed)."""
@@ -425,11 +439,11 @@ def run(
         print(f"ViT-B/32 text tower, {t.words} tokens: {t.gflops:.2f} GFLOPs, {t.ms:.1f} ms")
     with tempfile.TemporaryDirectory(prefix="tvrbench-efficiency-") as tmp:
         for p in chosen:
-            args = _args(p, base)
+            args = case_settings(p, base)
             clip_dir = random_clip_dir(Path(tmp) / p.name, p.dim, p.words)
             for method in methods:
                 t0 = time.perf_counter()
-                head = build_head(method, args, clip_dir)
+                head = build_head(method, args, clip_dir, base.config_dir)
                 row, per_pair_s = head_cost_row(method, head, p, args, timed=not base.no_timing)
                 head_rows.append(row)
                 pipe_rows += pipeline_rows(
@@ -480,3 +494,74 @@ def markdown_table(rows: list[HeadCostRow]) -> str:
             f"{fmt(r.fast_time_s, '.2f')} | {r.reason} |"
         )
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    p.add_argument(
+        "--protocols",
+        default="msrvtt,didemo",
+        help=f"NAME[,NAME...] of {', '.join(PROTOCOLS)}: Table I's MSR-VTT 1k-A sizes, DiDeMo's",
+    )
+    p.add_argument(
+        "--methods",
+        default=None,
+        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
+    )
+    p.add_argument(
+        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
+    )
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
+    p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
+    p.add_argument("--budget-mb", type=float, default=BUDGET_MB, help="scoring memory budget, MiB")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-timing", action="store_true", help="counts only (the text tower timed)")
+    p.add_argument(
+        "--out-dir",
+        default=str(ROOT / "benchmarks" / "results"),
+        help="folder of efficiency-published.csv and efficiency-pipeline.csv",
+    )
+    args = p.parse_args(argv)
+    args.protocol_list = [n.strip() for n in args.protocols.split(",") if n.strip()]
+    bad = [name for name in args.protocol_list if name not in PROTOCOLS]
+    if bad or not args.protocol_list:
+        p.error(f"--protocols {bad}: not one of {', '.join(PROTOCOLS)}")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda requested but CUDA is not available")
+    config_dir = Path(args.config_dir)
+    methods, unknown = resolve_methods(args.methods, config_dir)
+    if unknown or not methods:
+        known = ", ".join(config_names(config_dir)) or "none"
+        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
+    args.method_list = methods
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Both tables for ``--protocols`` × ``--methods``, written to ``--out-dir``; the MSR-VTT
+    rows printed as Markdown."""
+    args = parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    out_dir = Path(args.out_dir)
+    print(
+        f"published protocol(s) {','.join(args.protocol_list)}, methods "
+        f"{','.join(args.method_list)}, device {args.device}, {torch.get_num_threads()} threads, "
+        f"dtype {args.dtype}",
+        flush=True,
+    )
+    head_rows, _ = run(args.protocol_list, args.method_list, args, out_dir)
+    print()
+    print(markdown_table(head_rows))
+    print(f"wrote {out_dir}/efficiency-published.csv and efficiency-pipeline.csv "
+          f"({time.perf_counter() - start:.0f} s in all)")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -9,12 +9,13 @@ cached states with :func:`tvrbench.chunking.chunked_score` under a memory budget
 * the machine's dense matmul rate, measured in the same run (a large ``torch.mm`` in the run's
   dtype, fp32 by default; 1 FLOP = 1 multiply-add, as fvcore counts).
 
-Methods (``--methods NAME[,NAME...]``, default: every config of ``--config-dir`` but variants, see
-``benchmarks/train_step.py``'s ``default_methods``) are configs ``<name>.yaml`` with
+Methods (``--methods NAME[,NAME...]``, default: every config of ``--config-dir`` but variants,
+:func:`tvrbench.methods.default_methods`) are configs ``<name>.yaml`` with
 ``model: {class_path, init_args}``. Nothing here knows a method by name: the module is built from
-its config (``benchmarks/train_step.py``'s ``build_from_config``) on a random tiny CLIP whose
-projection width is ``--dim``, with ``max_words``/``max_frames`` set to ``--words``/``--frames``
-where the constructor takes them, as ``tvrbench bench`` does, and its head is what is measured.
+its config (:func:`tvrbench.bench.head_cost.build_head`) on a random tiny CLIP whose projection
+width is ``--dim``, with ``--words``/``--frames`` as its ``max_words``/``max_frames`` where the
+method takes them (:func:`tvrbench.methods.place_data_shape`), as ``tvrbench bench`` does, and its
+head is what is measured.
 A config whose module cannot be built is skipped with the reason (exit status 1 when it was
 named in ``--methods``). Heads whose pair cost is one dot product (``reference_pair_flops`` None and
 ``pair_flops == D``: meanP, CenterCLIP) also get a large-gallery row, one per head class
@@ -25,9 +26,10 @@ Inputs are random but shaped like DiDeMo: unit-norm features, word lengths drawn
 padded frames zero like the backbone's, turned into states by the head's own ``text_state`` and
 ``video_state`` (a head's temporal encoder, if any, is part of its video state, not of scoring).
 Head parameters are the module's initialisation plus seeded noise (so no algebraic shortcut can
-hide behind an identity matrix).
+hide behind an identity matrix). Inputs, head and gallery: :mod:`tvrbench.bench.head_cost`.
 
-Time: median of the timed runs after a warm-up (CPU: ``time.perf_counter``; CUDA: synchronised).
+Time: median of the timed runs after a warm-up (:func:`tvrbench.bench.latency.time_runs`; CPU:
+``time.perf_counter``; CUDA: events on the measured device, synchronised).
 A measurement stops early once its runs exceed ``--cap-s`` (at least one run); the run count is
 printed. Per-pair methods are slow at full size on a small CPU: when ``--subset-texts`` is below
 the number of texts, every method whose pair cost is more than a dot product is timed, fast and
@@ -60,6 +62,9 @@ Usage::
         [--config-dir configs/method] [--device cpu|cuda] [--dtype fp32|bf16|fp16]
         [--texts 1004 --videos 1004 --words 64 --frames 64 --dim 512] [--budget-mb 2048]
         [--gallery-videos 100000] [--out benchmarks/results/scoring-<device>.csv]
+
+The heads' cost at the published MSR-VTT sizes next to GLSCL's Table I is
+``benchmarks/published_efficiency.py`` (``make bench-efficiency``).
 """
 
 from __future__ import annotations
@@ -74,31 +79,37 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
+
+from tvrbench.bench.child_env import child_env
+from tvrbench.bench.environment import proc_status_kb, reset_peak_rss
+from tvrbench.bench.head_cost import (
+    DTYPES,
+    MIB,
+    Case,
+    CaseSettings,
+    build_case,
+    build_head,
+    is_plain_matmul,
+    make_case,
+    random_clip_dir,
+    random_inputs,
+    reference_note,
+    row_dtype,
+    text_states,
+    video_states,
+)
+from tvrbench.bench.latency import time_runs
+from tvrbench.chunking import slice_state
+from tvrbench.methods import CONFIG_DIR, config_names, resolve_methods
+from tvrbench.retrieval import RetrievalHead
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run as a script: make `baselines` and `benchmarks` importable
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.train_step import (  # noqa: E402  (method discovery, shared and torch-free)
-    CONFIG_DIR,
-    build_from_config,
-    child_env,
-    config_names,
-    method_config,
-    resolve_methods,
-)
-from tvrbench.backbone import TextFeatures  # noqa: E402
-from tvrbench.bench.environment import proc_status_kb, reset_peak_rss  # noqa: E402
-from tvrbench.chunking import block_sizes, chunked_score, slice_state  # noqa: E402
-from tvrbench.retrieval import RetrievalHead, State  # noqa: E402
-
 COLUMNS = [
     "device",
     "method",
@@ -123,16 +134,10 @@ COLUMNS = [
 ]
 #: Extra columns after the documented ones: texts actually timed, and how a figure was obtained.
 EXTRA_COLUMNS = ["timed_texts", "ref_runs", "note"]
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 #: Max abs difference allowed between a fast score and its reference, per dtype.
 TOLERANCE = {"fp32": 1e-5, "bf16": 2e-2, "fp16": 5e-3}
 #: Suffix of a large-gallery row's name (``meanp_centerclip_gallery``: the methods sharing it).
 GALLERY_SUFFIX = "_gallery"
-PARAM_NOISE = 0.02
-MAX_RUNS = 100
-MIB = 1024**2
-#: Items per call when building states (bounds the memory of a temporal encoder's activations).
-STATE_BATCH = 256
 #: Sizes of a run without ``--quick`` and with it (an explicit flag wins over both).
 FULL_SIZES: dict[str, Any] = {
     "texts": 1004,
@@ -163,287 +168,23 @@ QUICK_SIZES: dict[str, Any] = {
     "matmul_size": 256,
 }
 
-# --------------------------------------------------------------------------- inputs
-
-
-def lengths(n: int, max_len: int, min_of_64: int, gen: torch.Generator) -> Tensor:
-    """``[n]`` lengths uniform in ``[round(max_len·min_of_64/64), max_len]`` (at least 1)."""
-    low = max(1, min(max_len, round(max_len * min_of_64 / 64)))
-    return torch.randint(low, max_len + 1, (n,), generator=gen)
-
-
-def random_inputs(
-    n_texts: int, n_videos: int, words: int, frames: int, dim: int, seed: int
-) -> dict[str, Tensor]:
-    """Random unit-norm text and frame features with DiDeMo-like padding (CPU, fp32).
-
-    Returns ``sentence [Bt, D]``, ``words [Bt, L, D]``, ``attention_mask [Bt, L]`` (20–64 of 64
-    real), ``frame_emb [Bv, N, D]`` (padded frames zero) and ``frame_mask [Bv, N]`` (10–64 of 64).
-    """
-    gen = torch.Generator().manual_seed(seed)
-    word_len = lengths(n_texts, words, 20, gen)
-    frame_len = lengths(n_videos, frames, 10, gen)
-    attention_mask = torch.arange(words)[None] < word_len[:, None]  # (Bt, L)
-    frame_mask = torch.arange(frames)[None] < frame_len[:, None]  # (Bv, N)
-    sentence = F.normalize(torch.randn(n_texts, dim, generator=gen), dim=-1)
-    word_emb = F.normalize(torch.randn(n_texts, words, dim, generator=gen), dim=-1)
-    frame_emb = F.normalize(torch.randn(n_videos, frames, dim, generator=gen), dim=-1)
-    frame_emb = frame_emb * frame_mask[..., None]  # (Bv, N, D): padding is zero
-    return {
-        "sentence": sentence,
-        "words": word_emb,
-        "attention_mask": attention_mask,
-        "frame_emb": frame_emb,
-        "frame_mask": frame_mask,
-    }
-
-
-def perturb(head: nn.Module, seed: int) -> nn.Module:
-    """Add seeded noise (std :data:`PARAM_NOISE`) to every parameter; eval mode, no grad."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    with torch.no_grad():
-        for p in head.parameters():
-            p.add_(PARAM_NOISE * torch.randn(p.shape, generator=gen).to(p.dtype))
-    return head.eval().requires_grad_(False)
-
-
-def concat_states(parts: list[State]) -> State:
-    """States of consecutive item ranges → one state (concatenated along the leading dim)."""
-    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
-
-
-@torch.no_grad()
-def text_states(head: RetrievalHead, sentence: Tensor, words: Tensor, mask: Tensor) -> State:
-    """The head's text state of ``sentence [Bt, D]``, ``words [Bt, L, D]``, ``mask [Bt, L]``."""
-    parts = [
-        head.text_state(TextFeatures(sentence[i:j], words[i:j], mask[i:j]))
-        for i, j in _ranges(sentence.shape[0])
-    ]
-    return concat_states(parts)
-
-
-@torch.no_grad()
-def video_states(head: RetrievalHead, frame_emb: Tensor, frame_mask: Tensor) -> State:
-    """The head's video state of ``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]``."""
-    parts = [head.video_state(frame_emb[i:j], frame_mask[i:j]) for i, j in _ranges(len(frame_emb))]
-    return concat_states(parts)
-
-
-def _ranges(n: int) -> list[tuple[int, int]]:
-    return [(i, min(n, i + STATE_BATCH)) for i in range(0, n, STATE_BATCH)]
-
-
-# ---------------------------------------------------------------------------- methods
-
-
-def random_clip_dir(work_dir: Path, dim: int, words: int) -> Path:
-    """A random tiny CLIP whose joint width is ``dim``, saved with ``save_pretrained`` in
-    ``work_dir/clip`` (the backbone every module is built on; scoring never runs it)."""
-    from transformers.utils import logging as hf_logging
-
-    from tvrbench.backbone import build_tiny_clip, build_tiny_tokenizer
-
-    hf_logging.disable_progress_bar()  # one "Loading weights" bar per method otherwise
-
-    path = work_dir / "clip"
-    if not (path / "config.json").is_file():
-        tokenizer = build_tiny_tokenizer()
-        model = build_tiny_clip(
-            vocab_size=len(tokenizer),
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-            projection_dim=dim,
-            max_words=max(77, words),  # CLIP's text length: room for any --words
-        )
-        model.save_pretrained(path)
-    return path
-
-
-def row_dtype(head: RetrievalHead, asked: str) -> str:
-    """The dtype a head is measured in: ``asked``, but float32 for a head whose scoring upcasts
-    to float32 whatever its inputs (``scores_in_float32``: X-CLIP, GLSCL, GLCCL), since timing its
-    parameters and states in bf16 would measure a computation that never runs in bf16."""
-    if head.scores_in_float32 and DTYPES[asked].itemsize < 4:
-        return "fp32"
-    return asked
-
-
-def dtype_note(head: RetrievalHead, asked: str) -> str | None:
-    """The row's label when the head could not run in the dtype asked (None when it did)."""
-    measured = row_dtype(head, asked)
-    if measured == asked:
-        return None
-    return (
-        f"asked {asked}: {type(head).__name__} scores in float32 whatever its inputs "
-        f"(scores_in_float32, SPEC §2.7), so the row runs in {measured} and its matmul rate is "
-        f"the {measured} one"
-    )
-
-
-def build_head(method: str, args: argparse.Namespace, clip_dir: Path) -> RetrievalHead:
-    """``method``'s head, from its config, at the run's sizes, perturbed, on the run's device
-    and in :func:`row_dtype` (eval mode, no grad). Raises whatever building the module
-    raises."""
-    class_path, init_args = method_config(method, Path(args.config_dir))
-    overrides = {
-        "clip": str(clip_dir),
-        "clip_checkpoint": None,
-        "max_words": args.words,
-        "max_frames": args.frames,
-    }
-    torch.manual_seed(args.seed)
-    module = build_from_config(class_path, init_args, overrides)
-    head = module.head
-    if not isinstance(head, RetrievalHead):
-        raise TypeError(f"{type(module).__name__}.head is not a RetrievalHead")
-    head = perturb(head, args.seed)
-    dtype = DTYPES[row_dtype(head, args.dtype)]
-    return head.to(device=torch.device(args.device), dtype=dtype)
-
-
-def is_plain_matmul(head: RetrievalHead, words: int, frames: int, dim: int) -> bool:
-    """The head scores a pair with one dot product of cached D-vectors and its reference is
-    its fast scorer (meanP, CenterCLIP)."""
-    return head.reference_pair_flops(words, frames, dim) is None and (
-        head.pair_flops(words, frames, dim) == dim
-    )
-
-
-def reference_note(head: RetrievalHead) -> str:
-    """How the head's reference cost was counted: its ``reference_note`` attribute, else the
-    first line of its ``reference_pair_flops`` docstring."""
-    note = getattr(head, "reference_note", None)
-    if note:
-        return str(note)
-    doc = (type(head).reference_pair_flops.__doc__ or "").strip()
-    return " ".join(doc.split("\n\n")[0].split())
-
-
 # ---------------------------------------------------------------------------- cases
 
 
-@dataclass
-class Case:
-    """One gallery of one head: states, the fast and reference scorers, and their costs.
-
-    ``fast(n)`` / ``reference(n)`` score the first ``n`` texts against the whole gallery in the
-    same ``t_block × v_block`` layout.
-    """
-
-    name: str
-    head: RetrievalHead
-    text: State
-    video: State
-    words: int
-    frames: int
-    budget: int
-    timed_texts: int
-    pair_flops: int
-    ref_pair_flops: int
-    t_block: int
-    v_block: int
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def n_texts(self) -> int:
-        return next(iter(self.text.values())).shape[0]
-
-    @property
-    def n_videos(self) -> int:
-        return next(iter(self.video.values())).shape[0]
-
-    @property
-    def warmup_texts(self) -> int:
-        return min(self.n_texts, self.t_block)
-
-    @property
-    def peak_texts(self) -> int:
-        """Texts scored for the peak-memory measurement. The working set is per block, so two
-        text blocks show the peak of both scorers."""
-        return min(self.timed_texts, 2 * self.t_block)
-
-    def fast(self, n: int) -> Tensor:
-        return chunked_score(self.head, slice_state(self.text, 0, n), self.video, self.budget)
-
-    def reference(self, n: int) -> Tensor:
-        first = slice_state(self.text, 0, n)
-        if self.t_block >= n and self.v_block >= self.n_videos:
-            return self.head.reference_score(first, self.video)
-        out: Tensor | None = None
-        for t0 in range(0, n, self.t_block):
-            t_part = slice_state(first, t0, t0 + self.t_block)
-            for v0 in range(0, self.n_videos, self.v_block):
-                v_part = slice_state(self.video, v0, v0 + self.v_block)
-                block = self.head.reference_score(t_part, v_part)  # (tb, vb)
-                if out is None:
-                    out = block.new_empty(n, self.n_videos)
-                out[t0 : t0 + block.shape[0], v0 : v0 + block.shape[1]] = block
-        assert out is not None
-        return out
-
-
-def make_case(
-    name: str,
-    head: RetrievalHead,
-    text: State,
-    video: State,
-    args: argparse.Namespace,
-    frames: int,
-    notes: list[str],
-) -> Case:
-    """The block layout, timed texts and costs of ``head`` on these states."""
-    budget = int(args.budget_mb * MIB)
-    n_texts = next(iter(text.values())).shape[0]
-    n_videos = next(iter(video.values())).shape[0]
-    words, dim = args.words, args.dim
-    t_block, v_block = block_sizes(n_texts, n_videos, head.pair_bytes(text, video), budget)
-    pair_flops = head.pair_flops(words, frames, dim)
-    ref_pair_flops = head.reference_pair_flops(words, frames, dim)
-    timed = n_texts
-    if 0 < args.subset_texts < n_texts and not is_plain_matmul(head, words, frames, dim):
-        # Whole text blocks, at least one.
-        timed = min(n_texts, max(t_block, math.ceil(args.subset_texts / t_block) * t_block))
-        if timed < n_texts:
-            notes.append(
-                f"timed on the first {timed}/{n_texts} texts ({math.ceil(timed / t_block)} of "
-                f"{math.ceil(n_texts / t_block)} text blocks), times extrapolated x"
-                f"{n_texts / timed:.2f}"
-            )
-    notes.append(f"blocks {t_block}x{v_block}")
-    return Case(
-        name=name,
-        head=head,
-        text=text,
-        video=video,
-        words=words,
-        frames=frames,
-        budget=budget,
-        timed_texts=timed,
-        pair_flops=pair_flops,
-        ref_pair_flops=pair_flops if ref_pair_flops is None else ref_pair_flops,
-        t_block=t_block,
-        v_block=v_block,
-        notes=notes,
+def case_settings(args: argparse.Namespace) -> CaseSettings:
+    """The run's gallery sizes, budget, timed subset, dtype, device and seed."""
+    return CaseSettings(
+        texts=args.texts,
+        videos=args.videos,
+        words=args.words,
+        frames=args.frames,
+        dim=args.dim,
+        budget_mb=args.budget_mb,
+        subset_texts=args.subset_texts,
+        dtype=args.dtype,
+        device=args.device,
+        seed=args.seed,
     )
-
-
-def build_case(method: str, head: RetrievalHead, args: argparse.Namespace) -> Case:
-    """``method``'s gallery at the sizes in ``args`` (deterministic in the seed), in the head's
-    :func:`row_dtype`."""
-    device, dtype = torch.device(args.device), DTYPES[row_dtype(head, args.dtype)]
-    raw = random_inputs(args.texts, args.videos, args.words, args.frames, args.dim, args.seed)
-    raw = {
-        k: v.to(device=device, dtype=dtype if v.is_floating_point() else v.dtype)
-        for k, v in raw.items()
-    }
-    text = text_states(head, raw["sentence"], raw["words"], raw["attention_mask"])
-    video = video_states(head, raw["frame_emb"], raw["frame_mask"])
-    notes = [f"head {type(head).__name__}"]
-    label = dtype_note(head, args.dtype)
-    if label:
-        notes.append(label)
-    return make_case(method, head, text, video, args, args.frames, notes)
 
 
 def build_gallery_case(methods: list[str], head: RetrievalHead, args: argparse.Namespace) -> Case:
@@ -467,40 +208,10 @@ def build_gallery_case(methods: list[str], head: RetrievalHead, args: argparse.N
         f"{', '.join(methods)}"
     ]
     name = "_".join(methods) + GALLERY_SUFFIX
-    return make_case(name, head, text, video, args, 1, notes)
+    return make_case(name, head, text, video, case_settings(args), 1, notes)
 
 
 # -------------------------------------------------------------------------- measuring
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_runs(
-    fn: Callable[[], Tensor],
-    device: torch.device,
-    repeats: int,
-    cap_s: float,
-    min_timed_s: float = FULL_SIZES["min_timed_s"],
-) -> tuple[list[float], Tensor]:
-    """Wall times of ``repeats`` runs (fewer once their sum passes ``cap_s``, at least one; more,
-    up to :data:`MAX_RUNS`, while their sum is under ``min_timed_s``) and the last output.
-    The caller warms up first."""
-    times: list[float] = []
-    out: Tensor | None = None
-    # Short calls (milliseconds) repeat until min_timed_s has passed, for a stable median.
-    while len(times) < max(1, repeats) or (sum(times) < min_timed_s and len(times) < MAX_RUNS):
-        synchronize(device)
-        start = time.perf_counter()
-        out = fn()
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        if sum(times) > cap_s:
-            break
-    assert out is not None
-    return times, out
 
 
 def matmul_rate_gflops(device: torch.device, dtype: torch.dtype, size: int, repeats: int) -> float:
@@ -759,7 +470,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
     )
-    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of the method YAMLs")
+    p.add_argument(
+        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--texts", type=int, default=None, help="Bt (1004)")
@@ -790,14 +503,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV (default benchmarks/results/scoring-<dev>.csv)")
-    p.add_argument(
-        "--published-protocol",
-        default=None,
-        help="msrvtt[,didemo]: every method's head cost at GLSCL Table I's MSR-VTT 1k-A sizes "
-        "(and DiDeMo's) next to the published figures, and the per-query pipeline cost; writes "
-        "efficiency-published.csv and efficiency-pipeline.csv (benchmarks/published_efficiency.py)",
-    )
-    p.add_argument("--no-timing", action="store_true", help="--published-protocol: counts only")
     p.add_argument("--measure-peak", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.measure_peak:
@@ -817,13 +522,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
     args.method_list = methods
     args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
-    if args.published_protocol:
-        from benchmarks.published_efficiency import PROTOCOLS
-
-        args.protocols = args.published_protocol.split(",")
-        bad = [name for name in args.protocols if name not in PROTOCOLS]
-        if bad:
-            p.error(f"--published-protocol {bad}: not one of {', '.join(PROTOCOLS)}")
     return args
 
 
@@ -835,34 +533,12 @@ def default_out(args: argparse.Namespace) -> Path:
     return ROOT / "benchmarks" / "results" / f"scoring-{device_type}.csv"
 
 
-def published_protocol_main(args: argparse.Namespace) -> int:
-    """``--published-protocol``: the head-cost table next to GLSCL's Table I and the per-query
-    pipeline cost, written to ``--out``'s folder (default ``benchmarks/results``)."""
-    from benchmarks.published_efficiency import markdown_table, run
-
-    start = time.perf_counter()
-    out_dir = Path(args.out).parent if args.out else ROOT / "benchmarks" / "results"
-    print(
-        f"published protocol(s) {','.join(args.protocols)}, methods {','.join(args.method_list)}, "
-        f"device {args.device}, {torch.get_num_threads()} threads, dtype {args.dtype}",
-        flush=True,
-    )
-    head_rows, _ = run(args.protocols, args.method_list, args, out_dir)
-    print()
-    print(markdown_table(head_rows))
-    print(f"wrote {out_dir}/efficiency-published.csv and efficiency-pipeline.csv "
-          f"({time.perf_counter() - start:.0f} s in all)")  # fmt: skip
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.measure_peak:
         return child_main(args.measure_peak, args)
-    if args.published_protocol:
-        return published_protocol_main(args)
     device = torch.device(args.device)
     dtype = DTYPES[args.dtype]
     size = args.matmul_size or (8192 if device.type == "cuda" else 4096)
@@ -887,6 +563,7 @@ def main(argv: list[str] | None = None) -> int:
         f"methods {','.join(args.method_list)} (configs in {args.config_dir})",
         flush=True,
     )
+    settings = case_settings(args)
     rows: list[dict[str, Any]] = []
     skipped: list[str] = []
     galleries: dict[type, tuple[list[str], RetrievalHead]] = {}
@@ -896,8 +573,8 @@ def main(argv: list[str] | None = None) -> int:
         for method in args.method_list:
             t0 = time.perf_counter()
             try:
-                head = build_head(method, args, clip_dir)
-                case = build_case(method, head, args)
+                head = build_head(method, settings, clip_dir, args.config_dir)
+                case = build_case(method, head, settings)
             except Exception as err:  # a module that cannot be built here is skipped
                 print(f"  skipped {method}: {type(err).__name__}: {err}", flush=True)
                 skipped.append(method)

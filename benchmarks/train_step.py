@@ -1,9 +1,9 @@
 """Training-step cost of every method on the tiny default benchmark: time, peak memory, eval pass.
 
 For each method (a config ``<name>.yaml`` in ``--config-dir``, default ``configs/method``; see
-:func:`default_methods` for which run without ``--methods``) a fresh child process builds the
-module from the config's ``class_path`` and ``init_args`` on its backbone (``clip: tiny`` in the
-tiny configs), so its peak memory is that method's alone, then
+:func:`tvrbench.methods.default_methods` for which run without ``--methods``) a fresh child
+process builds the module from the config's ``class_path`` and ``init_args`` on its backbone
+(``clip: tiny`` in the tiny configs), so its peak memory is that method's alone, then
 
 * trains on one synthetic batch shaped like the tiny default's data (``--batch-size`` 64 videos of
   up to 18 frames of 32×32, one frame per 5-second moment; real lengths 1–18 drawn with the
@@ -18,7 +18,8 @@ tiny configs), so its peak memory is that method's alone, then
 
 Time: median and 90th percentile (``numpy.percentile``, linear) of the per-step wall time;
 ``steps_per_s`` = 1 / median. CPU: ``time.perf_counter``; CUDA: ``torch.cuda.Event`` pairs after a
-synchronisation (via :func:`tvrbench.bench.latency.time_callable`).
+synchronisation (via :func:`tvrbench.bench.latency.time_callable`; the evaluation pass's sections
+via :func:`tvrbench.bench.latency.time_call`).
 
 Memory: CPU — ``peak_rss_mib`` = ``ru_maxrss`` (the process's peak resident set) after training
 minus ``baseline_rss_mib`` = ``ru_maxrss`` after the imports, i.e. model, optimizer state, batch,
@@ -27,8 +28,8 @@ growth during build + training and the allocation after the imports (0 in a fres
 
 Every method sees the same batch (same seed). ``params`` counts trainable parameters; ``threads``
 is ``torch.get_num_threads()`` in the child. Nothing here knows a method by name: ``--frames`` and
-``--words`` are handed to a module as ``max_frames``/``max_words`` when its constructor takes them
-(tables sized to the data, as ``tvrbench bench`` does; :func:`build_from_config`).
+``--words`` are handed to a module as ``max_frames``/``max_words`` where the method takes them
+(tables sized to the data, as ``tvrbench bench`` does; :func:`tvrbench.methods.place_data_shape`).
 A config whose module cannot be built (its class cannot be imported, its backbone is not on this
 machine, its constructor refuses the arguments) is skipped with the reason; the exit status is 1
 only when such a method was asked for by name.
@@ -56,13 +57,22 @@ from pathlib import Path
 from typing import Any
 
 # The parent only starts children and writes the table: torch and the methods are imported in the
-# child (``run_child``), so that the baseline memory after imports is measured there.
+# child (``run_child``), so that the baseline memory after imports is measured there (the modules
+# imported here do not import torch).
+from tvrbench.bench.child_env import child_env
+from tvrbench.methods import (
+    CONFIG_DIR,
+    MethodConfigError,
+    build_module,
+    check_arguments,
+    class_of,
+    config_names,
+    load_method,
+    place_data_shape,
+    resolve_methods,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIG_DIR = ROOT / "configs" / "method"
-#: Presentation order of the methods known when this was written; any other config follows
-#: alphabetically. Only the order of the rows depends on it.
-PREFERRED_ORDER = ("meanp", "centerclip", "xpool", "xclip", "glscl", "glccl")
 COLUMNS = [
     "device",
     "method",
@@ -99,112 +109,24 @@ class CannotBuildError(TrainStepBenchError):
     """A method's module cannot be built here (the method is skipped)."""
 
 
-# --------------------------------------------------------------------------------- methods
-
-
-def config_names(config_dir: Path) -> list[str]:
-    """Stems of the ``*.yaml`` files in ``config_dir``, sorted."""
-    return sorted(p.stem for p in Path(config_dir).glob("*.yaml"))
-
-
-def method_order(names: list[str]) -> list[str]:
-    """``names`` in :data:`PREFERRED_ORDER`, the rest after them alphabetically."""
-    rank = {name: i for i, name in enumerate(PREFERRED_ORDER)}
-    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
-
-
-def default_methods(config_dir: Path) -> list[str]:
-    """The methods a run without ``--methods`` measures: every config in ``config_dir`` except
-    variants, a config named ``<other config>_<suffix>`` (``meanp_published``,
-    ``glccl_no_csc``: another recipe or an ablation of that method; name them in ``--methods``
-    to measure them). Ordered by :func:`method_order`."""
-    names = config_names(config_dir)
-    bases = [n for n in names if not any(n.startswith(o + "_") for o in names if o != n)]
-    return method_order(bases)
-
-
-def resolve_methods(spec: str | None, config_dir: Path) -> tuple[list[str], list[str]]:
-    """``--methods`` (comma-separated; None or empty: :func:`default_methods`) → (the methods in
-    the order given, the names without a config in ``config_dir``)."""
-    if not spec:
-        return default_methods(config_dir), []
-    names = list(dict.fromkeys(n.strip() for n in spec.split(",") if n.strip()))
-    known = set(config_names(config_dir))
-    return names, [n for n in names if n not in known]
-
-
-def child_env() -> dict[str, str]:
-    """The environment of a measuring child: this one, offline, with the import path this
-    process was given on top (so a method module found through ``sys.path`` here — a folder a
-    test added, say — is found there too; the interpreter's own folders are left out)."""
-    prefixes = tuple({sys.prefix, sys.base_prefix, sys.exec_prefix})
-    extra = [p for p in sys.path if p and os.path.isdir(p) and not p.startswith(prefixes)]
-    inherited = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    path = os.pathsep.join(dict.fromkeys([*extra, *inherited]))
-    return dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=path)
-
-
 # ------------------------------------------------------------------------------ child side
 
 
-def method_config(method: str, config_dir: Path) -> tuple[str, dict[str, Any]]:
-    """``(class_path, init_args)`` of ``config_dir/<method>.yaml``."""
-    import yaml
-
-    path = config_dir / f"{method}.yaml"
-    try:
-        model = yaml.safe_load(path.read_text())["model"]
-        return str(model["class_path"]), dict(model.get("init_args") or {})
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
-        raise TrainStepBenchError(
-            f"{path}: not a method config with model.class_path ({err})"
-        ) from err
-
-
-def build_module(method: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def build_method(method: str, args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The method's module from its config, and the config's init args: ``--frames`` and
-    ``--words`` go in as ``max_frames``/``max_words`` where the constructor takes them.
+    ``--words`` go in as ``max_frames``/``max_words`` where the method takes them.
 
     Raises:
         CannotBuildError: the class cannot be imported or the module cannot be constructed.
     """
-    class_path, init_args = method_config(method, Path(args.config_dir))
-    overrides = {"max_frames": args.frames, "max_words": args.words}
+    config = load_method(method, Path(args.config_dir))
     try:
-        module = build_from_config(class_path, init_args, overrides)
+        model = place_data_shape(config.model(), max_words=args.words, max_frames=args.frames)
+        check_arguments(model, config.path)
+        module = build_module(model)
     except Exception as err:  # any failure to import or construct: the method is skipped
-        raise CannotBuildError(f"{method}: cannot build {class_path}: {err}") from err
-    return module, init_args
-
-
-def accepted_arguments(cls: type) -> set[str]:
-    """Constructor arguments of ``cls``, following ``**kwargs`` up the class hierarchy (a
-    method module passes its ``**kwargs`` on to ``RetrievalModule``)."""
-    import inspect
-
-    names: set[str] = set()
-    for klass in cls.__mro__:
-        init = klass.__dict__.get("__init__")
-        if init is None:
-            continue
-        params = inspect.signature(init).parameters.values()
-        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        if not any(p.kind == p.VAR_KEYWORD for p in params):
-            break
-    names.discard("self")
-    return names
-
-
-def build_from_config(class_path: str, init_args: dict[str, Any], overrides: dict[str, Any]):
-    """``class_path(**init_args)`` with ``overrides`` on top, each override only where the
-    constructor takes it (``max_frames`` means nothing to a method without a frame table)."""
-    import importlib
-
-    module_name, _, class_name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    accepted = accepted_arguments(cls)
-    kept = {k: v for k, v in overrides.items() if k in accepted}
-    return cls(**{**init_args, **kept})
+        raise CannotBuildError(f"{method}: cannot build {config.class_path}: {err}") from err
+    return module, config.init_args
 
 
 def synthetic_batch(
@@ -258,17 +180,12 @@ def to_device(batch: dict[str, Any], device: Any) -> dict[str, Any]:
     return {k: v.to(device) if hasattr(v, "to") else v for k, v in batch.items()}
 
 
-def _sync(device: Any) -> None:
-    import torch
-
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def eval_pass_s(module: Any, args: argparse.Namespace, tokenizer: Any, device: Any) -> float:
     """Seconds to encode ``--eval-size`` videos and texts and score all of them against each
     other; batches are generated outside the timed sections."""
     import torch
+
+    from tvrbench.bench.latency import time_call
 
     module.eval()
     image_size = module.backbone.image_size
@@ -288,21 +205,24 @@ def eval_pass_s(module: Any, args: argparse.Namespace, tokenizer: Any, device: A
                 size, args.frames, args.words, image_size, tokenizer, args.seed + 2 + i
             )
             batch = to_device(batch, device)
-            _sync(device)
-            t0 = time.perf_counter()
-            text, video = module.batch_text_state(batch), module.batch_video_state(batch)
-            _sync(device)
-            elapsed_s += time.perf_counter() - t0
+
+            def encode(batch: dict[str, Any] = batch) -> tuple[Any, Any]:
+                return module.batch_text_state(batch), module.batch_video_state(batch)
+
+            seconds, (text, video) = time_call(encode, device)
+            elapsed_s += seconds
             for k, v in text.items():
                 texts.setdefault(k, []).append(v)
             for k, v in video.items():
                 videos.setdefault(k, []).append(v)
-        t0 = time.perf_counter()
-        text = {k: torch.cat(v) for k, v in texts.items()}
-        video = {k: torch.cat(v) for k, v in videos.items()}
-        sim = module.similarity(text, video)  # (n, n)
-        _sync(device)
-        elapsed_s += time.perf_counter() - t0
+
+        def score_all() -> torch.Tensor:
+            text = {k: torch.cat(v) for k, v in texts.items()}
+            video = {k: torch.cat(v) for k, v in videos.items()}
+            return module.similarity(text, video)  # (n, n)
+
+        seconds, sim = time_call(score_all, device)
+        elapsed_s += seconds
     if sim.shape != (args.eval_size, args.eval_size):
         raise TrainStepBenchError(f"similarity has shape {tuple(sim.shape)}, not n×n")
     return elapsed_s
@@ -324,11 +244,9 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     from tvrbench.backbone import load_tokenizer
     from tvrbench.bench.latency import time_callable
 
-    if str(ROOT) not in sys.path:  # make `baselines` importable
-        sys.path.insert(0, str(ROOT))
-    class_path, _ = method_config(method, Path(args.config_dir))
+    class_path = load_method(method, Path(args.config_dir)).class_path
     try:  # imported before the baseline is read, so the baseline holds every import
-        __import__(class_path.rpartition(".")[0])
+        class_of(class_path)
     except Exception as err:
         raise CannotBuildError(f"{method}: cannot import {class_path}: {err}") from err
 
@@ -342,7 +260,7 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
         baseline_mib = _max_rss_mib()
 
     torch.manual_seed(args.seed)
-    module, init_args = build_module(method, args)
+    module, init_args = build_method(method, args)
     if args.words > module.backbone.max_words:
         raise TrainStepBenchError(
             f"--words {args.words} exceeds the CLIP text length {module.backbone.max_words}"
@@ -462,6 +380,7 @@ def measure_activations(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from tvrbench.backbone import ClipBackbone, build_vit_b32_model
+    from tvrbench.bench.latency import time_call
     from tvrbench.memory import MIB, peak_bytes
 
     if args.threads > 0:
@@ -490,11 +409,7 @@ def measure_activations(args: argparse.Namespace) -> list[dict[str, Any]]:
             per_frame = (v2 - v1) / ((ACT_VIDEOS[1] - ACT_VIDEOS[0]) * ACT_FRAMES) / MIB
             per_text = (t2 - t1) / (ACT_TEXTS[1] - ACT_TEXTS[0]) / MIB
             step = tower_step(backbone, ACT_VIDEOS[1], ACT_TEXTS[0], bf16)
-            samples_s = []
-            for _ in range(args.act_repeats):
-                t0 = time.perf_counter()
-                step()
-                samples_s.append(time.perf_counter() - t0)
+            samples_s = [time_call(step, cpu)[0] for _ in range(args.act_repeats)]
             step_s = statistics.median(samples_s)
             base_step_s = step_s if not checkpointing else base_step_s
             rows.append(
@@ -656,7 +571,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--config-dir", default=str(CONFIG_DIR), help="folder of the method YAMLs")
+    p.add_argument(
+        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
+    )
     p.add_argument("--out", default=None, help="CSV (default results/train-step-<device>.csv)")
     p.add_argument(
         "--activations",
@@ -704,7 +621,7 @@ def main(argv: list[str] | None = None) -> int:
         except CannotBuildError as err:
             print(f"error: {err}", file=sys.stderr)
             return EXIT_CANNOT_BUILD
-        except TrainStepBenchError as err:
+        except (TrainStepBenchError, MethodConfigError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
         return 0
@@ -717,8 +634,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:  # fail early, before any child starts, on a missing or malformed config
         for method in args.method_list:
-            method_config(method, Path(args.config_dir))
-    except TrainStepBenchError as err:
+            load_method(method, Path(args.config_dir))
+    except MethodConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     start = time.perf_counter()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from tvrbench.bench import latency
 from tvrbench.bench.flops import count_flops, count_pair_flops, eager_attention
-from tvrbench.bench.latency import synthetic_gallery, time_callable
+from tvrbench.bench.latency import synthetic_gallery, time_callable, time_runs
 
 
 def test_linear_flops_are_in_times_out_times_batch():
@@ -78,6 +79,34 @@ def test_time_callable_percentiles():
     assert len(calls) == 7
     assert 0 <= timing["median_ms"] <= timing["p90_ms"]
     assert len(timing["samples_ms"]) == 5
+
+
+def test_time_runs_repeats_caps_and_fills(monkeypatch):
+    """time_runs: ``repeats`` runs, fewer once past ``cap_s`` (at least one), more (up to
+    ``max_runs``) while under ``min_timed_s``; the last output comes back. Every call takes 1 s
+    of a fake clock."""
+    ticks = iter(range(10**6))
+    monkeypatch.setattr(latency.time, "perf_counter", lambda: float(next(ticks)))
+    cpu = torch.device("cpu")
+    calls: list[int] = []
+
+    def fn() -> int:
+        calls.append(1)
+        return len(calls)
+
+    def runs(
+        repeats: int, cap_s: float, min_timed_s: float, max_runs: int = 100
+    ) -> tuple[int, int]:
+        calls.clear()
+        times, out = time_runs(fn, cpu, repeats, cap_s, min_timed_s, max_runs)
+        assert times == [1.0] * len(times) and len(calls) == len(times)
+        return len(times), out
+
+    assert runs(3, float("inf"), 0.0) == (3, 3)
+    assert runs(5, 2.5, 0.0) == (3, 3)  # the third run passes the cap
+    assert runs(5, 0.5, 0.0) == (1, 1)  # at least one
+    assert runs(1, float("inf"), 4.0) == (4, 4)  # short calls fill min_timed_s
+    assert runs(1, float("inf"), 4.0, max_runs=2) == (2, 2)
 
 
 def test_synthetic_gallery_shapes_and_masks():

@@ -14,10 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = {"tvrbench": ROOT / "src" / "tvrbench", "baselines": ROOT / "baselines"}
 SCRIPTS = ROOT / "benchmarks"
 #: Function-level imports that still close a circle, to be moved down a layer (remove an entry
-#: when its import is gone; test_known_back_edges_still_exist says when).
-KNOWN_BACK_EDGES = {
-    ("benchmarks.scoring", "benchmarks.published_efficiency"),  # --published
-}
+#: when its import is gone; test_known_back_edges_still_exist says when). None left.
+KNOWN_BACK_EDGES: set[tuple[str, str]] = set()
 
 
 def module_files() -> dict[str, Path]:
@@ -130,3 +128,46 @@ def test_no_import_cycle():
         graph[source].discard(target)
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def script_violations(path: Path, scripts: set[str]) -> list[str]:
+    """What breaks issue 21's rule in benchmark script ``path``: an import of another script
+    (``benchmarks.x`` or, run from benchmarks/, a bare ``x``) and any use of ``sys.path``
+    (the scripts import only the installed packages, ``tvrbench`` and ``baselines``)."""
+    found = sorted(
+        f"imports {name}"
+        for name in imported_names(path, f"benchmarks.{path.stem}")
+        if name.split(".")[0] == "benchmarks" or name.split(".")[0] in scripts
+    )
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if (
+            isinstance(node, ast.Attribute)
+            and node.attr == "path"
+            and isinstance(node.value, ast.Name)
+            and node.value.id == "sys"
+        ):
+            found.append(f"sys.path at line {node.lineno}")
+    return found
+
+
+def test_script_rule_finds_planted_violations(tmp_path):
+    path = tmp_path / "bench.py"
+    path.write_text(
+        "import sys\nsys.path.insert(0, '..')\nfrom train_step import x\n"
+        "def f():\n    from benchmarks.scoring import y\n    import tvrbench.metrics\n"
+    )
+    assert script_violations(path, {"train_step", "scoring"}) == [
+        "imports benchmarks.scoring",
+        "imports benchmarks.scoring.y",
+        "imports train_step",
+        "imports train_step.x",
+        "sys.path at line 2",
+    ]
+
+
+def test_benchmark_scripts_import_only_the_installed_packages():
+    scripts = sorted(SCRIPTS.glob("*.py"))
+    assert len(scripts) >= 4
+    stems = {p.stem for p in scripts}
+    broken = {p.name: v for p in scripts if (v := script_violations(p, stems))}
+    assert not broken, f"benchmark scripts importing scripts or editing sys.path: {broken}"

@@ -1,4 +1,6 @@
-"""Chunked gallery scoring (``tvrbench.chunking``) and the scoring-at-scale benchmark script."""
+"""Chunked gallery scoring (``tvrbench.chunking``), the head-cost helpers
+(``tvrbench.bench.head_cost``) and the scoring benchmark scripts (``benchmarks/scoring.py``,
+``benchmarks/published_efficiency.py``)."""
 
 from __future__ import annotations
 
@@ -16,11 +18,14 @@ import torch
 from baselines.meanp import MeanPHead
 from baselines.xpool import XPoolHead
 from tvrbench.backbone import TextFeatures
+from tvrbench.bench.head_cost import is_plain_matmul, random_inputs, reference_note, row_dtype
 from tvrbench.chunking import block_sizes, chunked_score
 from tvrbench.glccl import GLCCLHead
+from tvrbench.methods import default_methods, resolve_methods
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "scoring.py"
+EFFICIENCY_SCRIPT = ROOT / "benchmarks" / "published_efficiency.py"
 BT, BV, L, N, D = 7, 11, 6, 5, 16
 
 
@@ -125,18 +130,21 @@ def test_block_sizes_respect_the_budget(n_text, n_video, pair_bytes, budget_mb):
         assert (t, v) == (1, 1)  # one pair at a time is the least there is
 
 
-def _load_benchmark():
-    spec = importlib.util.spec_from_file_location("scoring_benchmark", SCRIPT)
+def _load_script(path: Path, name: str):
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
+def _load_benchmark():
+    return _load_script(SCRIPT, "scoring_benchmark")
+
+
 def test_benchmark_inputs_and_flop_formulas():
-    bench = _load_benchmark()
-    x = bench.random_inputs(200, 300, 64, 64, 8, seed=0)
+    x = random_inputs(200, 300, 64, 64, 8, seed=0)
     words = x["attention_mask"].sum(1)
     frames = x["frame_mask"].sum(1)
     assert words.min() >= 20 and words.max() <= 64 and frames.min() >= 10 and frames.max() <= 64
@@ -159,14 +167,13 @@ def test_benchmark_inputs_and_flop_formulas():
 def test_plain_matmul_heads_and_reference_notes():
     """The large-gallery row goes to heads whose pair is one dot product, decided from the head;
     the reference's counting note comes from the head."""
-    bench = _load_benchmark()
-    assert bench.is_plain_matmul(MeanPHead(), L, N, D)
-    assert not bench.is_plain_matmul(_head("xpool"), L, N, D)
-    assert not bench.is_plain_matmul(_head("glccl"), L, N, D)
-    assert bench.reference_note(_head("glccl")).startswith("Multiply-adds per pair")
+    assert is_plain_matmul(MeanPHead(), L, N, D)
+    assert not is_plain_matmul(_head("xpool"), L, N, D)
+    assert not is_plain_matmul(_head("glccl"), L, N, D)
+    assert reference_note(_head("glccl")).startswith("Multiply-adds per pair")
     head = MeanPHead()
     head.reference_note = "counted by hand"
-    assert bench.reference_note(head) == "counted by hand"
+    assert reference_note(head) == "counted by hand"
 
 
 def test_method_discovery_skips_variants(tmp_path):
@@ -175,8 +182,6 @@ def test_method_discovery_skips_variants(tmp_path):
     bench = _load_benchmark()
     for name in ("glccl", "glccl_no_csc", "meanp", "meanp_published", "my_method", "xpool"):
         (tmp_path / f"{name}.yaml").write_text("model: {class_path: a.B}\n")
-    from benchmarks.train_step import default_methods, resolve_methods
-
     assert default_methods(tmp_path) == ["meanp", "xpool", "glccl", "my_method"]
     assert resolve_methods(None, tmp_path) == (["meanp", "xpool", "glccl", "my_method"], [])
     assert resolve_methods("glccl_no_csc,meanp,nope", tmp_path) == (
@@ -264,9 +269,9 @@ def test_bf16_run_measures_every_head_in_the_dtype_it_really_computes_in(tmp_pat
     to float32 (scores_in_float32) is measured in fp32, labelled so, against the fp32 rate;
     the others run in bf16."""
     bench = _load_benchmark()
-    assert [bench.row_dtype(h, "bf16") for h in (MeanPHead(), XPoolHead(D))] == ["bf16"] * 2
-    assert bench.row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "bf16") == "fp32"
-    assert bench.row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "fp32") == "fp32"
+    assert [row_dtype(h, "bf16") for h in (MeanPHead(), XPoolHead(D))] == ["bf16"] * 2
+    assert row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "bf16") == "fp32"
+    assert row_dtype(GLCCLHead(D, max_words=L, max_frames=N), "fp32") == "fp32"
     out = tmp_path / "bf16.csv"
     argv = ["--quick", "--dtype=bf16", "--gallery-videos=0", f"--out={out}"]
     assert bench.main([*argv, "--methods=meanp,xclip,glccl,glscl"]) == 0
@@ -285,18 +290,16 @@ def test_bf16_run_measures_every_head_in_the_dtype_it_really_computes_in(tmp_pat
 
 
 def test_published_protocol_table_against_glscl_table_i(tmp_path, monkeypatch, capsys):
-    """--published-protocol msrvtt: the head GFLOPs at 1000 x 1000, L = 32, N = 12, D = 512 next
-    to GLSCL's Table I, from SPEC's per-pair formulas written out here; the pipeline rows add
-    the text cost (a stand-in tower here, the ViT-B/32 one is slow to build) to the scoring."""
-    import benchmarks.published_efficiency as eff
-
+    """benchmarks/published_efficiency.py --protocols msrvtt: the head GFLOPs at 1000 x 1000,
+    L = 32, N = 12, D = 512 next to GLSCL's Table I, from SPEC's per-pair formulas written out
+    here; the pipeline rows add the text cost (a stand-in tower here, the ViT-B/32 one is slow to
+    build) to the scoring."""
+    eff = _load_script(EFFICIENCY_SCRIPT, "published_efficiency_benchmark")
     monkeypatch.setattr(
         eff, "text_tower_costs", lambda words, device, seed: [eff.TextTowerCost(32, 1.25, 2.0)]
     )
-    bench = _load_benchmark()
-    out = tmp_path / "x.csv"
-    argv = ["--published-protocol=msrvtt", "--no-timing", "--methods=meanp,xpool,glscl"]
-    assert bench.main([*argv, f"--out={out}"]) == 0
+    argv = ["--protocols=msrvtt", "--no-timing", "--methods=meanp,xpool,glscl"]
+    assert eff.main([*argv, f"--out-dir={tmp_path}"]) == 0
     assert "| xpool | 275.0 | 542.7 |" in capsys.readouterr().out
     with (tmp_path / "efficiency-published.csv").open() as fh:
         rows = {r["method"]: r for r in csv.DictReader(fh)}

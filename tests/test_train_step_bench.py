@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import importlib.util
 import os
@@ -124,20 +125,17 @@ def load_bench():
     return bench
 
 
-def test_overrides_go_only_where_the_constructor_takes_them() -> None:
-    """``max_frames``/``max_words`` reach a module with tables (GLCCL), not one without (meanP,
-    whose ``**kwargs`` lead to ``RetrievalModule``'s arguments)."""
-    from baselines.meanp import MeanPModule
-    from tvrbench.glccl import GLCCLModule
-
+def test_frames_and_words_reach_a_method_with_tables() -> None:
+    """``--frames``/``--words`` size the tables of a method that has them (GLCCL's head); a
+    method without them (meanP) builds all the same; the config's init args come back (the
+    child reads ``clip`` and ``lr`` there)."""
     bench = load_bench()
-    glccl, meanp = bench.accepted_arguments(GLCCLModule), bench.accepted_arguments(MeanPModule)
-    assert {"max_frames", "max_words", "clip", "lr"} <= glccl
-    assert {"clip", "lr", "clip_checkpoint"} <= meanp and "max_frames" not in meanp
-    module = bench.build_from_config(
-        "baselines.meanp.MeanPModule", {"clip": "tiny"}, {"max_frames": 7, "lr": 0.5}
-    )
-    assert module.hparams["lr"] == 0.5
+    args = argparse.Namespace(config_dir=str(ROOT / "configs" / "method"), words=12, frames=7)
+    glccl, _ = bench.build_method("glccl", args)
+    assert (glccl.head.max_words, glccl.head.max_frames) == (12, 7)
+    meanp, init_args = bench.build_method("meanp", args)
+    assert type(meanp.head).__name__ == "MeanPHead" and not hasattr(meanp.head, "max_frames")
+    assert init_args["clip"] == "tiny" and init_args["lr"] == pytest.approx(1e-3)
 
 
 def test_quick_sizes_and_output_path() -> None:

@@ -1,8 +1,11 @@
 """Latency of encoding and retrieval (SPEC §5).
 
-Timing: warm-up calls first, then ``repeats`` timed calls; on CUDA each call is bracketed by
-``torch.cuda.Event``s after a synchronisation, on CPU by ``time.perf_counter``. Reported: median
-and 90th percentile in milliseconds, with the batch size (always 1 query or 1 video here).
+Timing: :func:`time_call` times one call on a device (the benchmark scripts time with it too):
+after a synchronisation, bracketed on CUDA by ``torch.cuda.Event``s recorded on the measured
+device, on CPU by ``time.perf_counter``. :func:`time_callable` makes warm-up calls, then
+``repeats`` timed calls, and reports the median and 90th percentile in milliseconds, with the
+batch size (always 1 query or 1 video here); :func:`time_runs` repeats a call adaptively (fewer
+runs past a time cap, more while short calls have not run long enough).
 
 Retrieval cost versus gallery size: a gallery of G cached video states is made from the real test
 gallery's states by repeating them and adding a little noise (so no two are identical), then one
@@ -16,18 +19,45 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch import Tensor
 
 State = dict[str, Tensor]
+T = TypeVar("T")
 
 
-def _sync(device: torch.device) -> None:
+#: Most runs :func:`time_runs` makes to fill ``min_timed_s``.
+MAX_RUNS = 100
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_call(fn: Callable[[], T], device: torch.device) -> tuple[float, T]:
+    """Seconds of one call of ``fn()`` on ``device`` and its output, started after a
+    synchronisation: CUDA events on the device's stream (ended by a synchronisation), or
+    ``time.perf_counter`` on the CPU."""
+    synchronize(device)
+    if device.type == "cuda":
+        # Events record on the *current* device's stream: make it the measured device
+        # (``cuda:1`` would otherwise be timed on ``cuda:0``'s stream).
+        with torch.cuda.device(device):
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = fn()
+            end.record()
+            torch.cuda.synchronize(device)
+        return float(start.elapsed_time(end)) / 1e3, out
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
 
 
 def time_callable(
@@ -38,24 +68,7 @@ def time_callable(
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     for _ in range(max(0, warmup)):
         fn()
-    _sync(device)
-    samples_ms: list[float] = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            # Events record on the *current* device's stream: make it the measured device
-            # (``cuda:1`` would otherwise be timed on ``cuda:0``'s stream).
-            with torch.cuda.device(device):
-                start = torch.cuda.Event(enable_timing=True)
-                end = torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-            samples_ms.append(float(start.elapsed_time(end)))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            samples_ms.append((time.perf_counter() - t0) * 1e3)
+    samples_ms = [time_call(fn, device)[0] * 1e3 for _ in range(repeats)]
     arr = np.asarray(samples_ms)
     return {
         "median_ms": float(np.median(arr)),
@@ -64,6 +77,27 @@ def time_callable(
         "repeats": repeats,
         "warmup": warmup,
     }
+
+
+def time_runs(
+    fn: Callable[[], T],
+    device: torch.device,
+    repeats: int,
+    cap_s: float,
+    min_timed_s: float = 1.0,
+    max_runs: int = MAX_RUNS,
+) -> tuple[list[float], T]:
+    """Seconds of ``repeats`` runs of ``fn()`` (:func:`time_call`) and the last output: fewer
+    runs once their sum passes ``cap_s`` (at least one), more, up to ``max_runs``, while their
+    sum is under ``min_timed_s`` (short calls repeat for a stable median). The caller warms up
+    first."""
+    times: list[float] = []
+    while len(times) < max(1, repeats) or (sum(times) < min_timed_s and len(times) < max_runs):
+        seconds, out = time_call(fn, device)
+        times.append(seconds)
+        if sum(times) > cap_s:
+            break
+    return times, out
 
 
 @torch.no_grad()
