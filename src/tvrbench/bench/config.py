@@ -74,6 +74,15 @@ TRAINER_KEYS = (
 )
 
 
+#: Lightning's precision when a trainer config names none.
+DEFAULT_PRECISION = "32-true"
+
+
+def trainer_precision(trainer: Mapping[str, Any]) -> str:
+    """The precision a trainer config trains with (the trainer config owns it)."""
+    return str(trainer.get("precision") or DEFAULT_PRECISION)
+
+
 class BenchConfigError(MethodConfigError):
     """The benchmark configuration is unusable (message names the setting and the problem)."""
 
@@ -224,7 +233,7 @@ class RunSpec:
             **{k: model.get(k) for k in OPTIMIZER_KEYS},
             **{k: trainer.get(k) for k in TRAINER_KEYS},
             # Lightning's default when the trainer config names none: say it, not "–".
-            "precision": trainer.get("precision") or "32-true",
+            "precision": trainer_precision(trainer),
             "batch_size": data.get("batch_size"),
             **batch_split_record(data.get("batch_size"), trainer),
             "max_words": data.get("max_words"),

@@ -224,7 +224,7 @@ def complete_record(
     """
     import yaml
 
-    from tvrbench.bench.config import BenchConfigError, one_device
+    from tvrbench.bench.config import BenchConfigError, one_device, trainer_precision
     from tvrbench.methods import load_checkpoint_weights
 
     todo = missing_lengths(record, settings.injected_lengths_s)
@@ -255,7 +255,7 @@ def complete_record(
         _first_test_row(datamodule),
         settings,
         device,
-        precision=local["trainer"].get("precision", "32-true"),
+        precision=trainer_precision(local["trainer"]),
         lengths=todo,
     )
     return merge_stress(record, rows, ranks)
