@@ -238,17 +238,17 @@ def run_child(method: str, args: argparse.Namespace) -> dict[str, Any]:
     """Body of a measuring child: build, train, measure; returns the CSV row."""
     import warnings
 
+    class_path = load_method(method, Path(args.config_dir)).class_path
+    try:  # first (a class that cannot be imported ends the child before torch loads), and
+        class_of(class_path)  # before the baseline is read, so the baseline holds every import
+    except Exception as err:
+        raise CannotBuildError(f"{method}: cannot import {class_path}: {err}") from err
+
     import torch
     from transformers import CLIPModel, PreTrainedTokenizerFast  # noqa: F401  (baseline)
 
     from tvrbench.backbone import load_tokenizer
     from tvrbench.bench.latency import time_callable
-
-    class_path = load_method(method, Path(args.config_dir)).class_path
-    try:  # imported before the baseline is read, so the baseline holds every import
-        class_of(class_path)
-    except Exception as err:
-        raise CannotBuildError(f"{method}: cannot import {class_path}: {err}") from err
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)

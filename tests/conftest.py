@@ -2,13 +2,30 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 from pathlib import Path
 
-import numpy as np
-import pytest
+# The tensors in these tests are tiny: intra-op threads cost more than they save (on a loaded
+# 2-core machine, several times more), and every child process (DDP ranks, launcher jobs,
+# benchmark children, notebook kernels) would start as many again. One thread, unless the
+# caller chose otherwise; set before torch is imported, so this process and its children use it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
+
+
+def pytest_collection_finish(session) -> None:
+    """Put what collection imported (torch, Lightning, transformers: some 450 000 objects that
+    live as long as the process) out of the garbage collector's reach, so that a full collection
+    does not traverse it again: each took about 0.3 s here, and the benchmarks call
+    ``gc.collect()`` before every memory reading."""
+    gc.freeze()
+
 
 TINY_WORDS = ["a", "the", "red", "blue", "green", "circle", "square", "moves", "left", "right"]
 
@@ -109,3 +126,90 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
     d = tmp_path_factory.mktemp("tokenizer")
     build_tiny_tokenizer(TINY_WORDS).save_pretrained(str(d))
     return str(d)
+
+
+@pytest.fixture()
+def decoded_videos(monkeypatch) -> list[str]:
+    """The file names that :func:`tvrbench.data.video.decode_video` decodes in this process
+    during the test, in call order (the real decoder still runs)."""
+    from tvrbench.data import video as video_lib
+
+    calls: list[str] = []
+    real = video_lib.decode_video
+
+    def counting(path, *args, **kwargs):
+        calls.append(Path(path).name)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(video_lib, "decode_video", counting)
+    return calls
+
+
+# ------------------------------------------------------------------------ tiny benchmark runs
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_BENCH = REPO / "configs" / "bench" / "tiny.yaml"
+
+
+def bench_argv(tmp: Path, *extra: str, out: str | Path = "out") -> list[str]:
+    """``tvrbench bench`` arguments for configs/bench/tiny.yaml with the cache under
+    ``tmp/cache`` and the runs under ``tmp / out`` (``out`` may be absolute); ``extra`` is
+    appended."""
+    cache, out_dir = str(tmp / "cache"), str(tmp / out)
+    return ["--config", str(TINY_BENCH), "--cache_dir", cache, "--out_dir", out_dir, *extra]
+
+
+def run_dir_of(out: Path) -> Path:
+    """The one run folder under a bench's ``out_dir``."""
+    (run,) = [p for p in out.iterdir() if p.is_dir()]
+    return run
+
+
+@pytest.fixture(scope="session")
+def bench_home(tmp_path_factory) -> Path:
+    """A folder whose ``cache`` (synthetic data, decoded frames) the session's tiny benchmark
+    runs share: each generates and decodes only what an earlier one has not."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    return tmp_path_factory.mktemp("bench")
+
+
+#: The shared run's arguments beyond :func:`bench_argv`'s.
+TINY_BENCH_EXTRA = ("--methods", "meanp,xpool", "--seeds", "2")
+
+
+@pytest.fixture(scope="session")
+def tiny_bench_run(bench_home) -> tuple[Path, Path]:
+    """``(bench_home, run)``: the tiny benchmark (meanP, X-Pool) with 2 seeds, run once for the
+    session; ``bench_argv(bench_home, *TINY_BENCH_EXTRA)`` resumes it. A test that changes the
+    run must leave it complete (the resume test deletes a record and runs again)."""
+    from tvrbench.bench.runner import main
+
+    assert main(bench_argv(bench_home, *TINY_BENCH_EXTRA)) == 0
+    return bench_home, run_dir_of(bench_home / "out")
+
+
+#: Injected lengths (s) of the shared controlled-length run.
+STRESS_LENGTHS = [0.0, 20.0, 60.0]
+
+
+def stress_argv(tmp: Path) -> list[str]:
+    """The tiny benchmark with the controlled-length protocol at :data:`STRESS_LENGTHS` (whole
+    videos: no ``clip_seconds``), its runs under ``tmp/stress``."""
+    extra = tmp / "stress.yaml"
+    extra.write_text(
+        "data_overrides: {max_frames: 6, sample_fps: 1.0, clip_seconds: null, num_buckets: 2,"
+        " batch_size: 8, eval_batch_size: 16}\n"
+        "stress: true\n"
+        f"injected_lengths_s: {STRESS_LENGTHS}\n"
+    )
+    return bench_argv(tmp, "--config", str(extra), out="stress")
+
+
+@pytest.fixture(scope="session")
+def tiny_stress_run(bench_home) -> tuple[Path, Path]:
+    """``(bench_home, run)``: :func:`stress_argv`'s run, once for the session
+    (tests/test_bench_stress.py resumes it and adds lengths to it; the notebook reads it)."""
+    from tvrbench.bench.runner import main
+
+    assert main(stress_argv(bench_home)) == 0
+    return bench_home, run_dir_of(bench_home / "stress")

@@ -3,26 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
+
+from conftest import bench_argv, run_dir_of
 
 from tvrbench.bench.runner import main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "bench" / "tiny.yaml"
 
-
-def test_max_time_stop_is_recorded(tmp_path):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+def test_max_time_stop_is_recorded(bench_home, tmp_path):
     extra = tmp_path / "short.yaml"
     extra.write_text(
         'methods: [meanp]\ntrainer_overrides: {max_epochs: 50, max_time: "00:00:00:02",'
         " enable_progress_bar: false}\n"
     )
-    argv = ["--config", str(TINY), "--config", str(extra)]
-    argv += ["--cache_dir", str(tmp_path / "cache"), "--out_dir", str(tmp_path / "out")]
-    assert main(argv) == 0
-    (run,) = [p for p in (tmp_path / "out").iterdir() if p.is_dir()]
+    assert main(bench_argv(bench_home, "--config", str(extra), out=tmp_path / "out")) == 0
+    run = run_dir_of(tmp_path / "out")
     record = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())
     assert record["epochs_trained"] < 50
     note = f"training stopped by max_time after {record['epochs_trained']} of 50 epochs"

@@ -16,6 +16,7 @@ import lightning as L
 import pandas as pd
 import pytest
 import torch
+from conftest import bench_argv, run_dir_of
 
 from tvrbench.bench.config import BenchConfigError, training_layout
 from tvrbench.bench.launch import (
@@ -30,26 +31,6 @@ from tvrbench.bench.launch import (
 from tvrbench.bench.method import _epochs_from
 from tvrbench.bench.runner import main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "bench" / "tiny.yaml"
-
-
-def bench_argv(tmp: Path, out: str, *extra: str) -> list[str]:
-    return [
-        "--config",
-        str(TINY),
-        "--cache_dir",
-        str(tmp / "cache"),
-        "--out_dir",
-        str(tmp / out),
-        *extra,
-    ]
-
-
-def run_dir_of(out: Path) -> Path:
-    (run,) = [p for p in out.iterdir() if p.is_dir()]
-    return run
-
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Accuracy values and their intervals (not timings, which vary run to run)."""
@@ -57,11 +38,16 @@ def metric_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c.startswith(keep)]
 
 
-def assert_same_metrics(one: Path, two: Path) -> None:
+def assert_same_metrics(one: Path, two: Path, **only: str) -> None:
+    """The two runs' results.csv hold the same rows with the same metrics; ``only`` keeps the
+    rows whose column (the keyword) holds the value (``seed="0"`` leaves out the seed means)."""
     a, b = pd.read_csv(one / "results.csv"), pd.read_csv(two / "results.csv")
-    key = ["method", "seed", "bucket"]
+    for column, value in only.items():
+        a, b = (f[f[column].astype(str) == value] for f in (a, b))
+    key = ["method", "seed", "bucket", "postproc"]
     a = a.sort_values(key).reset_index(drop=True)
     b = b.sort_values(key).reset_index(drop=True)
+    assert len(a) > 0
     assert list(a[key].astype(str).values.ravel()) == list(b[key].astype(str).values.ravel())
     columns = metric_columns(a)
     assert len(columns) > 30 and columns == metric_columns(b)
@@ -150,14 +136,14 @@ def test_multi_task_start_refused(environ, refused):
 def test_bench_under_srun_task_refuses_in_one_line(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SLURM_NTASKS", "2")
     monkeypatch.setenv("SLURM_PROCID", "1")
-    assert main(bench_argv(tmp_path, "out")) == 2
+    assert main(bench_argv(tmp_path)) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "task 1 of 2" in err and "--launcher" in err
     assert not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_bad_launcher_is_one_line(tmp_path, capsys):
-    assert main(bench_argv(tmp_path, "out", "--launcher", "slurmm")) == 2
+    assert main(bench_argv(tmp_path, "--launcher", "slurmm")) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "launcher.kind: 'slurmm'" in err
 
@@ -258,14 +244,16 @@ def test_slurm_executor_parameters_and_sbatch_script(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------- jobs on this machine
 
 
-def test_local_launcher_one_unit_matches_sequential(tmp_path):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    one = ["--methods", "meanp"]
-    assert main(bench_argv(tmp_path, "seq", *one)) == 0
-    assert main(bench_argv(tmp_path, "jobs", *one, "--launcher", "local")) == 0
-    seq, jobs = run_dir_of(tmp_path / "seq"), run_dir_of(tmp_path / "jobs")
+def test_local_launcher_one_unit_matches_sequential(tiny_bench_run, tmp_path):
+    """meanP seed 0 as a local job gives the numbers of the shared sequential run's meanP seed 0
+    (same data cache, same run name: the launcher is not hashed)."""
+    shared, seq = tiny_bench_run
+    jobs_out = tmp_path / "jobs"
+    argv = bench_argv(shared, "--methods", "meanp", "--launcher", "local", out=jobs_out)
+    assert main(argv) == 0
+    jobs = run_dir_of(jobs_out)
     assert seq.name == jobs.name  # the launcher does not change the run (its hash)
-    assert_same_metrics(seq, jobs)
+    assert_same_metrics(seq, jobs, method="meanp", seed="0")
     record = json.loads((jobs / "methods" / "meanp" / "seed0.json").read_text())
     assert record["job"]["tasks"] == 1 and record["cost_device"].startswith("cpu")
     assert list((jobs / "jobs" / "meanp-seed0").glob("*_0_log.out"))
@@ -275,8 +263,8 @@ def test_local_launcher_one_unit_matches_sequential(tmp_path):
 def test_local_launcher_two_methods_two_seeds_match_sequential(tmp_path):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     two = ["--seeds", "2"]
-    assert main(bench_argv(tmp_path, "seq", *two)) == 0
-    assert main(bench_argv(tmp_path, "jobs", *two, "--launcher", "local")) == 0
+    assert main(bench_argv(tmp_path, *two, out="seq")) == 0
+    assert main(bench_argv(tmp_path, *two, "--launcher", "local", out="jobs")) == 0
     assert_same_metrics(run_dir_of(tmp_path / "seq"), run_dir_of(tmp_path / "jobs"))
 
 
@@ -302,7 +290,7 @@ def _kill_job_when_started(run_parent: Path, unit: str, killed: list[int]) -> No
 @pytest.mark.slow
 def test_killed_job_is_resubmitted_alone(tmp_path, capsys):
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    argv = bench_argv(tmp_path, "jobs", "--launcher", "local")
+    argv = bench_argv(tmp_path, "--launcher", "local", out="jobs")
     killed: list[int] = []
     killer = threading.Thread(
         target=_kill_job_when_started, args=(tmp_path / "jobs", "meanp/seed0", killed)
@@ -349,7 +337,7 @@ def test_ddp_child_ignores_parent_slurm_and_rank_variables(tmp_path, monkeypatch
         monkeypatch.setenv(key, value)
     extra = tmp_path / "ddp.yaml"
     extra.write_text("trainer_overrides: {max_epochs: 1, devices: 2, strategy: ddp}\n")
-    argv = bench_argv(tmp_path, "out", "--config", str(extra), "--methods", "meanp")
+    argv = bench_argv(tmp_path, "--config", str(extra), "--methods", "meanp")
     assert main(argv) == 0
     run = run_dir_of(tmp_path / "out")
     record = json.loads((run / "methods" / "meanp" / "seed0.json").read_text())

@@ -1,61 +1,16 @@
-"""End-to-end tiny benchmark run (configs/bench/tiny.yaml) and its resume behaviour."""
+"""End-to-end tiny benchmark run (configs/bench/tiny.yaml, 2 seeds): outputs, per-seed and
+aggregated rows, and the resume of one deleted (method, seed)."""
 
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_BENCH_EXTRA, bench_argv, run_dir_of
 
+from tvrbench.bench.outputs import METRIC_COLUMNS
 from tvrbench.bench.runner import main, split_methods
-
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "bench" / "tiny.yaml"
-CLASS_PATHS = {"meanp": "baselines.meanp.MeanPModule", "xpool": "baselines.xpool.XPoolModule"}
-
-
-def method_dir(tmp: Path) -> Path:
-    """configs/method when it holds the tiny run's methods, else stand-in configs."""
-    real = REPO / "configs" / "method"
-    if all((real / f"{m}.yaml").exists() for m in CLASS_PATHS):
-        return real
-    out = tmp / "methods-config"
-    out.mkdir(exist_ok=True)
-    for name, class_path in CLASS_PATHS.items():
-        (out / f"{name}.yaml").write_text(
-            f"model:\n  class_path: {class_path}\n  init_args: {{}}\n"
-        )
-    return out
-
-
-def tiny_argv(tmp: Path) -> list[str]:
-    return [
-        "--config",
-        str(TINY),
-        "--methods",
-        "meanp,xpool",
-        "--method_config_dir",
-        str(method_dir(tmp)),
-        "--cache_dir",
-        str(tmp / "cache"),
-        "--out_dir",
-        str(tmp / "out"),
-    ]
-
-
-def run_dir_of(tmp: Path) -> Path:
-    (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
-    return run
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = tmp_path_factory.mktemp("bench")
-    assert main(tiny_argv(tmp)) == 0
-    return tmp, run_dir_of(tmp)
 
 
 def test_split_methods():
@@ -63,8 +18,8 @@ def test_split_methods():
     assert split_methods(["a", "b,c"]) == ["a", "b", "c"]
 
 
-def test_files_exist(tiny_run):
-    _, run = tiny_run
+def test_files_exist(tiny_bench_run):
+    _, run = tiny_bench_run
     for name in [
         "results.csv",
         "gallery.csv",
@@ -77,6 +32,8 @@ def test_files_exist(tiny_run):
         "cost_vs_gallery.png",
         "methods/meanp/seed0.json",
         "methods/xpool/seed0.json",
+        "methods/meanp/seed1.json",
+        "methods/xpool/seed1.json",
     ]:
         assert (run / name).is_file(), name
     assert (run / "bad_videos.csv").read_text().splitlines()[0] == "split,video,reason"
@@ -86,13 +43,13 @@ def test_files_exist(tiny_run):
     assert not list(run.rglob("*.tmp*")), "temporary files left behind"
 
 
-def test_run_writes_the_dataset_manifest_and_records_its_hash(tiny_run):
+def test_run_writes_the_dataset_manifest_and_records_its_hash(tiny_bench_run):
     """manifest.csv in the run folder: every video of the run's data (the synthetic set here)
     with status; results.json holds the SHA-256 of the file's bytes (computed here by hand)."""
     import csv
     import hashlib
 
-    _, run = tiny_run
+    _, run = tiny_bench_run
     path = run / "manifest.csv"
     with path.open() as fh:
         rows = list(csv.DictReader(fh))
@@ -106,8 +63,8 @@ def test_run_writes_the_dataset_manifest_and_records_its_hash(tiny_run):
     assert record["videos"] == {"ok": len(rows)}
 
 
-def test_results_table(tiny_run):
-    _, run = tiny_run
+def test_results_table(tiny_bench_run):
+    _, run = tiny_bench_run
     df = pd.read_csv(run / "results.csv")
     needed = ["method", "bucket", "n_queries", "mean_duration_s", "mean_frames", "chance_R@1"]
     needed += ["gflops_text", "gflops_video", "gflops_pair", "data", "clip_seconds"]
@@ -149,8 +106,8 @@ def test_results_table(tiny_run):
     assert results["config"]["methods"] == ["meanp", "xpool"]
 
 
-def test_postproc_rows_records_and_report(tiny_run):
-    _, run = tiny_run
+def test_postproc_rows_records_and_report(tiny_bench_run):
+    _, run = tiny_bench_run
     df = pd.read_csv(run / "results.csv")
     record = json.loads((run / "methods" / "xpool" / "seed0.json").read_text())
     ranks = record["ranks"]
@@ -174,11 +131,11 @@ def test_postproc_rows_records_and_report(tiny_run):
     assert "transductive" in report
 
 
-def test_qualitative_sheet_and_its_records(tiny_run):
+def test_qualitative_sheet_and_its_records(tiny_bench_run):
     """qualitative.png + qualitative.md, linked from the report; every record holds the same
     seeded sample (up to 2 queries from every length bucket) with ranks equal to its own
     per-query ranks and top-5 lists that hold the correct video exactly when rank <= 5."""
-    _, run = tiny_run
+    _, run = tiny_bench_run
     assert (run / "qualitative.png").stat().st_size > 0
     page = (run / "qualitative.md").read_text()
     assert "![qualitative.png](qualitative.png)" in page and "first seed" in page
@@ -203,16 +160,45 @@ def test_qualitative_sheet_and_its_records(tiny_run):
     assert samples["meanp"] == samples["xpool"]
 
 
-def test_resume_redoes_only_missing(tiny_run, capsys):
-    tmp, run = tiny_run
-    kept = run / "methods" / "meanp" / "seed0.json"
-    before = kept.stat().st_mtime_ns
-    (run / "methods" / "xpool" / "seed0.json").unlink()
+def test_two_seeds_give_seed_mean_rows(tiny_bench_run):
+    """Every (method, bucket, post-processing) has one row per seed and a ``mean`` row holding
+    the mean and standard deviation of the per-seed rows."""
+    _, run = tiny_bench_run
+    df = pd.read_csv(run / "results.csv")
+    assert set(df["seed"].astype(str)) == {"0", "1", "mean"}
+    per_seed = df[df["seed"].astype(str) != "mean"]
+    means = df[df["seed"].astype(str) == "mean"]
+    assert len(means) * 2 == len(per_seed)
+    assert (means["n_seeds"] == 2).all()
+    for _, row in means.iterrows():
+        same = (per_seed["method"] == row["method"]) & (per_seed["bucket"] == row["bucket"])
+        g = per_seed[same & (per_seed["postproc"] == row["postproc"])]
+        assert len(g) == 2
+        for c in METRIC_COLUMNS:
+            assert abs(row[c] - g[c].astype(float).mean()) < 1e-9
+            assert abs(row[f"{c}_std"] - g[c].astype(float).std(ddof=1)) < 1e-9
+    info = json.loads((run / "results.json").read_text())
+    assert info["seeds"] == [0, 1] and "2 seeds" in info["training_variance"]
+    assert "seeds" in (run / "report.md").read_text()
+
+
+def test_resume_redoes_only_missing(tiny_bench_run, capsys):
+    """Runs last in this module: it deletes one (method, seed) record and resumes; only that
+    pair trains again (the shared run is complete again afterwards)."""
+    tmp, run = tiny_bench_run
+    rows_before = len(pd.read_csv(run / "results.csv"))
+    kept = [run / "methods" / m / f"seed{s}.json" for m, s in (("meanp", 0), ("meanp", 1))]
+    kept.append(run / "methods" / "xpool" / "seed0.json")
+    before = [k.stat().st_mtime_ns for k in kept]
+    gone = run / "methods" / "xpool" / "seed1.json"
+    gone.unlink()
     capsys.readouterr()
-    assert main(tiny_argv(tmp)) == 0
+    assert main(bench_argv(tmp, *TINY_BENCH_EXTRA)) == 0
     out = capsys.readouterr().out
-    assert "1 (method, seed) done; 1 to run" in out
-    assert run_dir_of(tmp) == run
-    assert kept.stat().st_mtime_ns == before
-    assert (run / "methods" / "xpool" / "seed0.json").is_file()
-    assert set(pd.read_csv(run / "results.csv")["method"]) == {"meanp", "xpool"}
+    assert "3 (method, seed) done; 1 to run" in out
+    assert run_dir_of(tmp / "out") == run
+    assert [k.stat().st_mtime_ns for k in kept] == before
+    assert gone.is_file()
+    again = pd.read_csv(run / "results.csv")
+    assert len(again) == rows_before
+    assert set(again["method"]) == {"meanp", "xpool"}

@@ -4,65 +4,32 @@ report section, resume, ``tvrbench stress --run`` and the findings."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import STRESS_LENGTHS, stress_argv
 
 from tvrbench.bench.findings import stress_findings
 from tvrbench.bench.outputs import METRIC_COLUMNS, STRESS_COLUMNS
 from tvrbench.bench.runner import main
 from tvrbench.stress_cli import main as stress_main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "bench" / "tiny.yaml"
-LENGTHS = [0.0, 20.0, 60.0]
-
-
-def _argv(tmp: Path) -> list[str]:
-    extra = tmp / "stress.yaml"
-    extra.write_text(
-        "data_overrides: {max_frames: 6, sample_fps: 1.0, clip_seconds: null, num_buckets: 2,"
-        " batch_size: 8, eval_batch_size: 16}\n"
-        "stress: true\n"
-        f"injected_lengths_s: {LENGTHS}\n"
-    )
-    return [
-        "--config",
-        str(TINY),
-        "--config",
-        str(extra),
-        "--cache_dir",
-        str(tmp / "cache"),
-        "--out_dir",
-        str(tmp / "out"),
-    ]
-
-
-@pytest.fixture(scope="module")
-def stress_run(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = tmp_path_factory.mktemp("stress-bench")
-    assert main(_argv(tmp)) == 0
-    (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
-    return tmp, run
-
 
 def _stress(run: Path) -> pd.DataFrame:
     return pd.read_csv(run / "stress.csv")
 
 
-def test_stress_csv_columns_and_ranges(stress_run):
-    _, run = stress_run
+def test_stress_csv_columns_and_ranges(tiny_stress_run):
+    _, run = tiny_stress_run
     df = _stress(run)
     assert list(df.columns)[: len(STRESS_COLUMNS)] == STRESS_COLUMNS
     assert set(df["postproc"]) == {"none", "dsl", "qbnorm"}  # one row per post-processing
     per_seed = df[(df["seed"].astype(str) != "mean") & (df["postproc"] == "none")]
     assert sorted(per_seed["method"].unique()) == ["meanp", "xpool"]
     for _method, g in per_seed.groupby("method"):
-        assert sorted(g["injected_length_s"].astype(float)) == LENGTHS
+        assert sorted(g["injected_length_s"].astype(float)) == STRESS_LENGTHS
         g = g.sort_values("injected_length_s")
         frac = g["mean_relevant_fraction"].to_numpy()
         assert frac[0] == 1.0 and np.all((frac > 0) & (frac <= 1))
@@ -78,8 +45,8 @@ def test_stress_csv_columns_and_ranges(stress_run):
     assert (df["distractor_split"] == "val").all() and (df["placement"] == "random").all()
 
 
-def test_zero_length_equals_the_run_test_rows(stress_run):
-    _, run = stress_run
+def test_zero_length_equals_the_run_test_rows(tiny_stress_run):
+    _, run = tiny_stress_run
     results = pd.read_csv(run / "results.csv")
     stress = _stress(run)
     # Per post-processing too: the same gallery, the same similarity, the same bank.
@@ -100,8 +67,8 @@ def test_zero_length_equals_the_run_test_rows(stress_run):
             assert zero[c] == pytest.approx(test_row[c], abs=1e-9), (method, pp, c)
 
 
-def test_plot_report_and_json(stress_run):
-    _, run = stress_run
+def test_plot_report_and_json(tiny_stress_run):
+    _, run = tiny_stress_run
     assert (run / "stress_vs_length.png").stat().st_size > 1000
     report = (run / "report.md").read_text()
     assert "## Controlled length" in report and "stress_vs_length.png" in report
@@ -113,11 +80,11 @@ def test_plot_report_and_json(stress_run):
     assert record["peak_rss_mb"] is None or record["peak_rss_mb"] > 50
     info = json.loads((run / "results.json").read_text())
     assert info["stress_findings"] and len(info["stress"]) == len(_stress(run))
-    assert info["config"]["injected_lengths_s"] == LENGTHS
+    assert info["config"]["injected_lengths_s"] == STRESS_LENGTHS
 
 
-def test_resume_rewrites_stress_without_retraining(stress_run):
-    tmp, run = stress_run
+def test_resume_rewrites_stress_without_retraining(tiny_stress_run):
+    tmp, run = tiny_stress_run
     record_path = run / "methods" / "xpool" / "seed0.json"
     record = json.loads(record_path.read_text())
     # Drop one length from a record and the combined file: a rerun evaluates only that length.
@@ -128,7 +95,7 @@ def test_resume_rewrites_stress_without_retraining(stress_run):
     (run / "stress.csv").unlink()
     ckpt = run / "checkpoints" / "xpool" / "seed0" / "last.ckpt"
     mtime = ckpt.stat().st_mtime_ns
-    assert main(_argv(tmp)) == 0
+    assert main(stress_argv(tmp)) == 0
     assert ckpt.stat().st_mtime_ns == mtime  # not retrained
     after = _stress(run)
     assert len(after) == len(before)
@@ -138,8 +105,8 @@ def test_resume_rewrites_stress_without_retraining(stress_run):
         np.testing.assert_allclose(merged[f"{c}_a"], merged[f"{c}_b"])
 
 
-def test_stress_command_adds_lengths(stress_run):
-    _, run = stress_run
+def test_stress_command_adds_lengths(tiny_stress_run):
+    _, run = tiny_stress_run
     env_before = json.loads((run / "results.json").read_text())["environment"]
     assert stress_main(["--run", str(run), "--injected_lengths_s", "[0, 30]"]) == 0
     env_after = json.loads((run / "results.json").read_text())["environment"]

@@ -106,21 +106,14 @@ def _data_config(tmp_path: Path, root: Path) -> Path:
     return path
 
 
-def test_cache_frames_fills_resumes_and_lists_failures(tmp_path, monkeypatch, capsys):
+def test_cache_frames_fills_resumes_and_lists_failures(tmp_path, decoded_videos, capsys):
     from tvrbench.cli import main
 
+    decoded = decoded_videos
     root = make_tiny_didemo(tmp_path / "ds", {"val": [1.0, 2.0, 3.0], "test": [2.0, 4.0]})
     (root / "videos" / "test0@N00_1000.mp4").write_text("not a video\n")  # unreadable
     (root / "videos" / "val2@N00_1002.mp4").unlink()  # listed, no file
     config = _data_config(tmp_path, root)
-    decoded: list[str] = []
-    real = video_lib.decode_video
-
-    def counting(path, *args, **kwargs):
-        decoded.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(video_lib, "decode_video", counting)
     manifest = tmp_path / "failed.csv"
     args = [
         "cache-frames",

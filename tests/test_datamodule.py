@@ -12,7 +12,6 @@ import yaml
 from conftest import make_tiny_didemo
 from torch.utils.data import DataLoader, DistributedSampler
 
-from tvrbench.data import video as video_lib
 from tvrbench.data.datamodule import (
     DataSetupError,
     DiDeMoDataModule,
@@ -39,18 +38,10 @@ def _dm(root, tokenizer_dir, cache, **kw) -> DiDeMoDataModule:
 
 
 @pytest.fixture()
-def counting_decode(monkeypatch):
-    calls: list[str] = []
-    real = video_lib.decode_video
-
-    def counting(path, *args, **kwargs):
-        calls.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(video_lib, "decode_video", counting)
+def counting_decode(decoded_videos, monkeypatch):
     # decode in this process, where the calls are seen (the pool would take every CPU)
     monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)
-    return calls
+    return decoded_videos
 
 
 def test_batch_contract(tiny_didemo, tiny_tokenizer_dir, tmp_path):

@@ -22,20 +22,14 @@ def test_notebook_stored_without_outputs():
             assert cell.outputs == [] and cell.execution_count is None
 
 
-def test_notebook_runs_on_tiny_results(tmp_path, monkeypatch):
+def test_notebook_runs_on_tiny_results(tiny_stress_run, tmp_path, monkeypatch):
+    """On the shared controlled-length run (results.csv and stress.csv)."""
     nbclient = pytest.importorskip("nbclient")
     import nbformat
     from jupyter_client.kernelspec import KernelSpecManager
 
-    sys.path.insert(0, str(Path(__file__).parent))
-    from test_bench_runner import run_dir_of, tiny_argv
-
-    from tvrbench.bench.runner import main
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    argv = [*tiny_argv(tmp_path), "--stress", "true", "--injected_lengths_s", "[0, 20]"]
-    assert main(argv) == 0
-    results = run_dir_of(tmp_path) / "results.csv"
+    _, run = tiny_stress_run
+    results = run / "results.csv"
     # A kernel spec that runs this interpreter (the project's venv), not a system-wide python3.
     spec_dir = tmp_path / "kernels" / "python3"
     spec_dir.mkdir(parents=True)

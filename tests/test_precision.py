@@ -6,32 +6,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from batches import tiny_batch
 from head_inputs import TINY_METHODS, tiny_method
 from torch import nn
 
 from baselines.centerclip import batched_kmedoids
-
-
-def _uint8_batch(bsz: int = 3, n_frames: int = 8, words: int = 16, seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    ids = torch.randint(4, 51, (bsz, words), generator=g)
-    lengths = torch.tensor([words, 5, 3])[:bsz]
-    pos = torch.arange(words)[None, :]
-    ids[:, 0] = 2
-    ids = torch.where(pos == lengths[:, None] - 1, torch.full_like(ids, 3), ids)
-    ids = torch.where(pos >= lengths[:, None], torch.zeros_like(ids), ids)
-    n_real = torch.tensor([n_frames, 3, 1])[:bsz]
-    frame_mask = torch.arange(n_frames)[None, :] < n_real[:, None]
-    frames = torch.randint(0, 256, (bsz, n_frames, 32, 32, 3), generator=g, dtype=torch.uint8)
-    frames = frames * frame_mask[..., None, None, None]
-    return {
-        "input_ids": ids,
-        "attention_mask": (pos < lengths[:, None]).long(),
-        "frames": frames,
-        "frame_mask": frame_mask,
-        "index": torch.arange(bsz),
-        "bucket": torch.zeros(bsz, dtype=torch.long),
-    }
 
 
 def _record_output_dtypes(root: nn.Module, seen: dict[str, set[torch.dtype]]) -> list:
@@ -50,7 +29,10 @@ def _record_output_dtypes(root: nn.Module, seen: dict[str, set[torch.dtype]]) ->
 @pytest.mark.parametrize("name", list(TINY_METHODS))
 def test_heads_states_logits_and_losses_are_float32_under_bf16_autocast(name):
     module = tiny_method(name)
-    batch = module.on_after_batch_transfer(_uint8_batch(), 0)
+    # uint8 frames, as the loader yields them: the module normalises them on the device.
+    lengths = {"word_lengths": [16, 5, 3], "frame_lengths": [8, 3, 1]}
+    loaded = tiny_batch(3, 8, words=16, uint8=True, **lengths)
+    batch = module.on_after_batch_transfer(loaded, 0)
     head_dtypes: dict[str, set[torch.dtype]] = {}
     tower_dtypes: dict[str, set[torch.dtype]] = {}
     hooks = _record_output_dtypes(module.head, head_dtypes)

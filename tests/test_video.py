@@ -10,7 +10,6 @@ import pytest
 import torch
 from conftest import frame_value, write_video
 
-from tvrbench.data import video as video_lib
 from tvrbench.data.cache import FrameCache, default_cache_dir
 from tvrbench.data.video import (
     CLIP_MEAN,
@@ -145,15 +144,7 @@ def test_unknown_reader_is_rejected(tiny_videos):
 # --------------------------------------------------------------------------------- cache
 
 
-def test_cache_hit_and_bad_verdict(tmp_path, tiny_videos, monkeypatch):
-    calls: list[str] = []
-    real = video_lib.decode_video
-
-    def counting(path, *args, **kwargs):
-        calls.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(video_lib, "decode_video", counting)
+def test_cache_hit_and_bad_verdict(tmp_path, tiny_videos, decoded_videos):
     cache = FrameCache(tmp_path / "cache")
     s = SamplingConfig(image_size=32)
     info, frames = cache.get_or_decode(tiny_videos["short"], s)
@@ -165,7 +156,7 @@ def test_cache_hit_and_bad_verdict(tmp_path, tiny_videos, monkeypatch):
     for _ in range(2):
         info_bad, none = cache.get_or_decode(bad, s)
         assert none is None and "text.mp4" in info_bad.error
-    assert calls == ["short.mp4", "text.mp4"]  # one decode each
+    assert decoded_videos == ["short.mp4", "text.mp4"]  # one decode each
     # Another sampling setting is another entry; a modified file is another key.
     assert cache.key(tiny_videos["short"], s) != cache.key(
         tiny_videos["short"], SamplingConfig(image_size=64)
