@@ -40,7 +40,7 @@ from torch import Tensor
 
 from baselines.meanp import MeanPHead
 from tvrbench.precision import float32_region
-from tvrbench.retrieval import RetrievalModule
+from tvrbench.retrieval import HeadFactory, RetrievalModule
 
 
 @torch.no_grad()
@@ -153,9 +153,11 @@ def segment_layout(frame_mask: Tensor, num_segments: int) -> tuple[Tensor, Tenso
 
 
 class CenterCLIPModule(RetrievalModule):
-    """CenterCLIP on the shared retrieval base; scoring as meanP over segment embeddings.
+    """CenterCLIP on the shared retrieval base: the module differs (:meth:`frame_embeddings`
+    clusters tokens inside the ViT); the head is meanP's over segment embeddings.
 
     Args:
+        head: the scoring head (default :class:`baselines.meanp.MeanPHead`).
         num_segments: temporal segments per video (paper, MSR-VTT: 4 of 3 frames).
         num_clusters: medoid tokens kept per segment (paper: 49).
         start_block: 1-based number of the first ViT block that runs on the clustered tokens:
@@ -166,8 +168,12 @@ class CenterCLIPModule(RetrievalModule):
         **kwargs: see ``RetrievalModule``.
     """
 
+    #: No DiDeMo number was published for CenterCLIP (SPEC §2.3); its head's (meanP's) is not it.
+    PUBLISHED_DIDEMO_T2V = None
+
     def __init__(
         self,
+        head: HeadFactory = MeanPHead,
         num_segments: int = 4,
         num_clusters: int = 49,
         start_block: int = 8,
@@ -175,7 +181,7 @@ class CenterCLIPModule(RetrievalModule):
         tol: float = 1e-6,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(head=head, **kwargs)
         if num_segments < 1 or num_clusters < 1 or start_block < 1:
             raise ValueError(
                 "CenterCLIP: num_segments, num_clusters and start_block (1-based) must be >= 1, "
@@ -193,7 +199,6 @@ class CenterCLIPModule(RetrievalModule):
             )
         self.max_iter = max_iter
         self.tol = tol
-        self.head = MeanPHead()
 
     def frame_embeddings(self, frames: Tensor, frame_mask: Tensor) -> tuple[Tensor, Tensor]:
         """Segment embeddings through the clustered ViT.

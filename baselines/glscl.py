@@ -42,16 +42,14 @@ Fast scoring. With the per-video Gram matrix ``G_v = v vᵀ`` (``[N, N]``, cache
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.glccl import masked_softmax
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_head_temporal
+from tvrbench.layers import TemporalHead, checked_temporal_init, masked_softmax
+from tvrbench.retrieval import State
+from tvrbench.temporal import TemporalEncoder, TemporalShapeError
 
 NORM_EPS = 1e-12
 
@@ -120,25 +118,28 @@ def intra_consistency_loss(
 # ------------------------------------------------------------------------------------- head
 
 
-class GLSCLHead(RetrievalHead):
+class GLSCLHead(TemporalHead):
     """GLSCL's temporal encoder, GIM, SLIM concepts, score and IDL/ICL losses.
 
     Args:
         dim: joint embedding width D.
         max_frames: positions of the temporal encoder.
-        temporal_layers: blocks of the temporal encoder.
-        num_queries: Q, learnable concept queries.
-        decoder_layers: blocks of the shared concept decoder.
+        temporal_layers: blocks of the temporal encoder (reference: 4).
+        temporal_init: ``"clip_text"`` (the reference: blocks and positions from CLIP's text
+            tower, at :meth:`attach`) or ``"identity"``; see
+            :func:`tvrbench.temporal.initialise_temporal`.
+        num_queries: Q, learnable concept queries (reference: 8).
+        decoder_layers: blocks of the shared concept decoder (reference: 3).
         decoder_heads: attention heads of the decoder (None: 8, or the largest divisor of D below).
         ffn_dim: decoder feed-forward width (published 2048 at D = 512, i.e. 4·D).
-        dropout: decoder dropout (training only).
-        tau: GIM softmax temperature on raw dot products.
-        local_weight: λ, weight of S_l in the score.
-        idl_weight: α (L_IDL = 2α · mean of the hinge).
-        idl_margin: L_IDL's cosine margin.
+        dropout: decoder dropout (training only; reference: 0.1).
+        tau: GIM softmax temperature on raw dot products (reference: 3).
+        local_weight: λ, weight of S_l in the score (reference ``loss2_weight`` 0.5).
+        idl_weight: α (L_IDL = 2α · mean of the hinge; reference 1e-4).
+        idl_margin: L_IDL's cosine margin (0.9).
         icl_weight: weight of the whole L_ICL (the reference adds it unweighted: 1).
-        icl_beta: β, weight of L_ICL's diagonal term.
-        icl_target: target of L_ICL's ``K_qq``.
+        icl_beta: β, weight of L_ICL's diagonal term (DiDeMo 0.005).
+        icl_target: target of L_ICL's ``K_qq`` (0.75).
         mask_padding: mask padded words/frames in SLIM's cross-attention (False: the reference).
         use_temporal: apply the temporal encoder (False: v = f, for ablations).
 
@@ -155,11 +156,23 @@ class GLSCLHead(RetrievalHead):
         "(8·D² + 4·D) and its per-block decoder re-runs are not counted"
     )
 
+    #: Published DiDeMo text→video (paper Tab. II, ViT-B/32; no MdR published).
+    PUBLISHED_DIDEMO_T2V = {
+        "R@1": 46.7,
+        "R@5": 75.0,
+        "R@10": 82.9,
+        "MdR": None,
+        "MnR": 13.0,
+        "source": "GLSCL (Zhang et al., arXiv 2405.12710) Tab. II, ViT-B/32",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
+    }
+
     def __init__(
         self,
         dim: int,
         max_frames: int = 64,
         temporal_layers: int = 4,
+        temporal_init: str = "clip_text",
         num_queries: int = 8,
         decoder_layers: int = 3,
         decoder_heads: int | None = None,
@@ -176,6 +189,7 @@ class GLSCLHead(RetrievalHead):
         use_temporal: bool = True,
     ) -> None:
         super().__init__()
+        self.temporal_init = checked_temporal_init(temporal_init)
         heads = decoder_heads if decoder_heads is not None else decoder_heads_for(dim)
         if dim % heads:
             raise ValueError(f"GLSCL: width {dim} is not divisible by {heads} decoder heads")
@@ -344,94 +358,8 @@ class GLSCLHead(RetrievalHead):
         return len(layers) * per_layer
 
 
-# ----------------------------------------------------------------------------------- module
-
-
-class GLSCLModule(RetrievalModule):
-    """GLSCL on the shared retrieval base (CLIP backbone, InfoNCE + L_IDL + L_ICL, evaluation).
-
-    Args:
-        max_frames: frame positions of the temporal encoder.
-        temporal_layers: temporal transformer blocks (reference: 4).
-        temporal_init: ``"clip_text"`` (the reference: blocks and positions from CLIP's text
-            tower) or ``"identity"``; see :func:`tvrbench.temporal.initialise_temporal`.
-        num_queries: Q.
-        decoder_layers: blocks of the shared concept decoder (reference: 3).
-        decoder_heads: decoder heads (None: 8 or the largest divisor of D below).
-        ffn_dim: decoder feed-forward width (reference: 2048).
-        dropout: decoder dropout (reference: 0.1).
-        tau: GIM temperature (reference: 3).
-        local_weight: λ (reference ``loss2_weight`` 0.5).
-        idl_weight: α (reference 1e-4).
-        idl_margin: L_IDL margin (0.9).
-        icl_weight: weight of L_ICL (reference 1).
-        icl_beta: β (DiDeMo 0.005).
-        icl_target: target of K_qq (0.75).
-        mask_padding: mask padded words/frames in SLIM (False: the reference).
-        use_temporal: apply the temporal encoder.
-        **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
-    """
-
-    #: Published DiDeMo text→video (paper Tab. II, ViT-B/32; no MdR published).
-    PUBLISHED_DIDEMO_T2V = {
-        "R@1": 46.7,
-        "R@5": 75.0,
-        "R@10": 82.9,
-        "MdR": None,
-        "MnR": 13.0,
-        "source": "GLSCL (Zhang et al., arXiv 2405.12710) Tab. II, ViT-B/32",
-        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
-    }
-
-    def __init__(
-        self,
-        max_frames: int = 64,
-        temporal_layers: int = 4,
-        temporal_init: str = "clip_text",
-        num_queries: int = 8,
-        decoder_layers: int = 3,
-        decoder_heads: int | None = None,
-        ffn_dim: int = 2048,
-        dropout: float = 0.1,
-        tau: float = 3.0,
-        local_weight: float = 0.5,
-        idl_weight: float = 1e-4,
-        idl_margin: float = 0.9,
-        icl_weight: float = 1.0,
-        icl_beta: float = 0.005,
-        icl_target: float = 0.75,
-        mask_padding: bool = True,
-        use_temporal: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.head = GLSCLHead(
-            self.backbone.embed_dim,
-            max_frames=max_frames,
-            temporal_layers=temporal_layers,
-            num_queries=num_queries,
-            decoder_layers=decoder_layers,
-            decoder_heads=decoder_heads,
-            ffn_dim=ffn_dim,
-            dropout=dropout,
-            tau=tau,
-            local_weight=local_weight,
-            idl_weight=idl_weight,
-            idl_margin=idl_margin,
-            icl_weight=icl_weight,
-            icl_beta=icl_beta,
-            icl_target=icl_target,
-            mask_padding=mask_padding,
-            use_temporal=use_temporal,
-        )
-        self.init_notes.append(
-            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-        )
-
-
 __all__ = [
     "GLSCLHead",
-    "GLSCLModule",
     "GLSCLShapeError",
     "decoder_heads_for",
     "inter_diversity_loss",

@@ -6,13 +6,11 @@ embedding does not depend on the query, so retrieval over a gallery is one matri
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch.nn.functional as F
 from torch import Tensor
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
+from tvrbench.retrieval import RetrievalHead, State
 
 
 def masked_mean_normalised(emb: Tensor, mask: Tensor) -> Tensor:
@@ -34,9 +32,28 @@ def masked_mean_normalised(emb: Tensor, mask: Tensor) -> Tensor:
 class MeanPHead(RetrievalHead):
     """Cosine between the sentence embedding and the mean of normalised frame embeddings.
 
+    Args:
+        dim: joint embedding width D, as every head is built (meanP has no parameters, so it
+            needs none).
+
     States: video ``{"video": [Bv, D]}``, text ``{"sentence": [Bt, D]}``, both unit vectors.
     Reference scorer and its cost: the defaults (:meth:`score` is already the plain matmul).
     """
+
+    #: Published DiDeMo text→video (ViT-B/32; the report shows it next to real-DiDeMo results).
+    PUBLISHED_DIDEMO_T2V = {
+        "R@1": 43.4,
+        "R@5": 70.2,
+        "R@10": 80.6,
+        "MdR": 2.0,
+        "MnR": 17.5,
+        "source": "CLIP4Clip (Luo et al. 2021) meanP, ViT-B/32",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
+    }
+
+    def __init__(self, dim: int | None = None) -> None:
+        super().__init__()
+        self.dim = dim
 
     def video_state(self, frame_emb: Tensor, frame_mask: Tensor) -> State:
         """``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]`` → ``{"video": [Bv, D]}``."""
@@ -60,23 +77,4 @@ class MeanPHead(RetrievalHead):
         return dim
 
 
-class MeanPModule(RetrievalModule):
-    """CLIP4Clip meanP on the shared retrieval base. Arguments: see ``RetrievalModule``."""
-
-    #: Published DiDeMo text→video (ViT-B/32; the report shows it next to real-DiDeMo results).
-    PUBLISHED_DIDEMO_T2V = {
-        "R@1": 43.4,
-        "R@5": 70.2,
-        "R@10": 80.6,
-        "MdR": 2.0,
-        "MnR": 17.5,
-        "source": "CLIP4Clip (Luo et al. 2021) meanP, ViT-B/32",
-        "protocol": "paragraph-to-video, 31 s, 64 frames, 5 epochs, checkpoint chosen on test",
-    }
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.head = MeanPHead()
-
-
-__all__ = ["MeanPHead", "MeanPModule", "masked_mean_normalised"]
+__all__ = ["MeanPHead", "masked_mean_normalised"]

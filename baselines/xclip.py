@@ -48,9 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.glccl import attention_pool
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import TemporalEncoder, TemporalShapeError, initialise_head_temporal
+from tvrbench.layers import TemporalHead, attention_pool, checked_temporal_init
+from tvrbench.retrieval import State
+from tvrbench.temporal import TemporalEncoder, TemporalShapeError
 
 # Parameter name → (symbol, the size it is built for): the head's learnable score matrices.
 MATRICES: dict[str, tuple[str, str]] = {
@@ -73,14 +73,17 @@ class XCLIPCheckpointError(RuntimeError):
     """A state dict whose score matrices were built for other max_words/max_frames (or D)."""
 
 
-class XCLIPHead(RetrievalHead):
+class XCLIPHead(TemporalHead):
     """X-CLIP's temporal encoder, video vector and four AOSM-aggregated scores.
 
     Args:
         dim: joint embedding width D.
-        max_words: L, size of W_1, W_3, W_6 (texts may be shorter).
+        max_words: L, size of W_1, W_3, W_6 (texts may be shorter; a checkpoint is tied to it).
         max_frames: N, size of W_2, W_4, W_5 and positions of the temporal encoder.
-        temporal_layers: blocks of the temporal encoder.
+        temporal_layers: blocks of the temporal encoder (reference code 4; paper §3.1 says 3).
+        temporal_init: ``"clip_text"`` (the reference: blocks and positions from CLIP's text
+            tower, at :meth:`attach`) or ``"identity"``; see
+            :func:`tvrbench.temporal.initialise_temporal`.
         pool_temperature: softmax temperature of every AOSM pooling (on cosines).
         mask_padding: padded words and frames take part in nothing (default); False lets them
             join every AOSM softmax and sum, as the reference does.
@@ -94,17 +97,30 @@ class XCLIPHead(RetrievalHead):
 
     scores_in_float32 = True  # its scoring upcasts to float32 with autocast off (SPEC §2.7)
 
+    #: Published DiDeMo text→video (paper Tab. 4, ViT-B/32; no R@10 or MdR published).
+    PUBLISHED_DIDEMO_T2V = {
+        "R@1": 45.2,
+        "R@5": 74.0,
+        "R@10": None,
+        "MdR": None,
+        "MnR": 14.6,
+        "source": "X-CLIP (Ma et al., ACM MM 2022) Tab. 4, ViT-B/32",
+        "protocol": "paragraph-to-video, 31 s, 64 frames, 20 epochs, checkpoint chosen on val",
+    }
+
     def __init__(
         self,
         dim: int,
         max_words: int = 32,
         max_frames: int = 64,
         temporal_layers: int = 4,
+        temporal_init: str = "clip_text",
         pool_temperature: float = 0.01,
         mask_padding: bool = True,
         use_temporal: bool = True,
     ) -> None:
         super().__init__()
+        self.temporal_init = checked_temporal_init(temporal_init)
         self.dim, self.max_words, self.max_frames = dim, max_words, max_frames
         self.pool_temperature, self.mask_padding = pool_temperature, mask_padding
         self.temporal = TemporalEncoder(dim, temporal_layers, max_frames) if use_temporal else None
@@ -318,62 +334,9 @@ def xclip_reference_scores(head: XCLIPHead, text: State, video: State) -> Tensor
     return torch.stack([s_vs, s_vw, s_sf, s_fw])
 
 
-# ---------------------------------------------------------------------------------- module
-
-
-class XCLIPModule(RetrievalModule):
-    """X-CLIP on the shared retrieval base (CLIP backbone, symmetric InfoNCE, evaluation).
-
-    Args:
-        max_words: text length W_1, W_3, W_6 are built for (a checkpoint is tied to it).
-        max_frames: frame count W_2, W_4, W_5 and the temporal positions are built for.
-        temporal_layers: temporal transformer blocks (reference code 4; paper §3.1 says 3).
-        temporal_init: ``"clip_text"`` (the reference: blocks and positions from CLIP's text
-            tower) or ``"identity"``; see :func:`tvrbench.temporal.initialise_temporal`.
-        mask_padding: mask padded frames/words in AOSM (False: the reference's unmasked AOSM).
-        use_temporal: apply the temporal encoder (False: v̄ is the mean of the CLIP frames).
-        **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
-    """
-
-    #: Published DiDeMo text→video (paper Tab. 4, ViT-B/32; no R@10 or MdR published).
-    PUBLISHED_DIDEMO_T2V = {
-        "R@1": 45.2,
-        "R@5": 74.0,
-        "R@10": None,
-        "MdR": None,
-        "MnR": 14.6,
-        "source": "X-CLIP (Ma et al., ACM MM 2022) Tab. 4, ViT-B/32",
-        "protocol": "paragraph-to-video, 31 s, 64 frames, 20 epochs, checkpoint chosen on val",
-    }
-
-    def __init__(
-        self,
-        max_words: int = 32,
-        max_frames: int = 64,
-        temporal_layers: int = 4,
-        temporal_init: str = "clip_text",
-        mask_padding: bool = True,
-        use_temporal: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.head = XCLIPHead(
-            self.backbone.embed_dim,
-            max_words=max_words,
-            max_frames=max_frames,
-            temporal_layers=temporal_layers,
-            mask_padding=mask_padding,
-            use_temporal=use_temporal,
-        )
-        self.init_notes.append(
-            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-        )
-
-
 __all__ = [
     "XCLIPCheckpointError",
     "XCLIPHead",
-    "XCLIPModule",
     "XCLIPShapeError",
     "xclip_reference_scores",
 ]

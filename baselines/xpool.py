@@ -34,14 +34,13 @@ alone they also carry the raw sentence and frame embeddings.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
+from tvrbench.retrieval import RetrievalHead, State
 
 
 class XPoolHead(RetrievalHead):
@@ -49,8 +48,8 @@ class XPoolHead(RetrievalHead):
 
     Args:
         dim: joint embedding width D.
-        num_heads: attention heads (D must be divisible by it).
-        dropout: dropout on the residual branch ``W_l a`` (active in training only).
+        num_heads: attention heads (D must be divisible by it; paper: 1).
+        dropout: dropout on the residual branch ``W_l a`` (active in training only; paper: 0.3).
 
     States:
         video: ``keys [Bv, H, N, D/H]``, ``values [Bv, H, N, 2D]`` (first D: ``C = U − mean(U)``
@@ -223,18 +222,4 @@ class XPoolHead(RetrievalHead):
         return 2 * dim * dim + 2 * num_frames * dim + 12 * dim + num_frames
 
 
-class XPoolModule(RetrievalModule):
-    """X-Pool on the shared retrieval base.
-
-    Args:
-        num_heads: attention heads of the pooling (paper: 1).
-        dropout: dropout of the residual branch (paper: 0.3).
-        **kwargs: see ``RetrievalModule``.
-    """
-
-    def __init__(self, num_heads: int = 1, dropout: float = 0.3, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.head = XPoolHead(self.backbone.embed_dim, num_heads=num_heads, dropout=dropout)
-
-
-__all__ = ["XPoolHead", "XPoolModule"]
+__all__ = ["XPoolHead"]

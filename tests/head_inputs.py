@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import importlib
+from typing import Any
 
 import torch
 
@@ -39,21 +39,44 @@ def random_frames(bv: int, n: int, d: int, seed: int) -> tuple[torch.Tensor, tor
     return frames * mask[..., None], mask
 
 
-#: Every method on the tiny CLIP at test sizes: name → (module class path, constructor kwargs).
-TINY_METHODS = {
-    "meanp": ("baselines.meanp.MeanPModule", {}),
-    "xpool": ("baselines.xpool.XPoolModule", {}),
-    "centerclip": ("baselines.centerclip.CenterCLIPModule", {"num_segments": 2, "start_block": 2}),
-    "xclip": ("baselines.xclip.XCLIPModule", {"max_words": 16, "max_frames": 8}),
-    "glscl": ("baselines.glscl.GLSCLModule", {"max_frames": 8, "ffn_dim": 64}),
-    "glccl": ("tvrbench.glccl.GLCCLModule", {"max_words": 16, "max_frames": 8}),
+#: Every method on the tiny CLIP at test sizes: name → its model section (module class path and
+#: ``init_args``, the head as ``{class_path, init_args}``), as a method config writes it.
+TINY_METHODS: dict[str, dict[str, Any]] = {
+    "meanp": {"head": ("baselines.meanp.MeanPHead", {})},
+    "xpool": {"head": ("baselines.xpool.XPoolHead", {})},
+    "centerclip": {
+        "class_path": "baselines.centerclip.CenterCLIPModule",
+        "head": ("baselines.meanp.MeanPHead", {}),
+        "init_args": {"num_segments": 2, "start_block": 2},
+    },
+    "xclip": {"head": ("baselines.xclip.XCLIPHead", {"max_words": 16, "max_frames": 8})},
+    "glscl": {"head": ("baselines.glscl.GLSCLHead", {"max_frames": 8, "ffn_dim": 64})},
+    "glccl": {"head": ("tvrbench.glccl.GLCCLHead", {"max_words": 16, "max_frames": 8})},
 }
 
 
-def tiny_method(name: str, seed: int = 0, **overrides):
+def tiny_model_section(name: str, **overrides: Any) -> dict[str, Any]:
+    """Method ``name``'s model section on the tiny CLIP; each override goes to the head where the
+    head class takes it (``mask_padding``, ``max_frames``, ...), else to the module."""
+    from tvrbench.methods import accepted_arguments, class_of
+
+    spec = TINY_METHODS[name]
+    head_path, head_args = spec["head"]
+    head_args = dict(head_args)
+    module_args = {"clip": "tiny", **spec.get("init_args", {})}
+    takes = accepted_arguments(class_of(head_path)) - {"dim"}
+    for key, value in overrides.items():
+        (head_args if key in takes else module_args)[key] = value
+    return {
+        "class_path": spec.get("class_path", "tvrbench.retrieval.RetrievalModule"),
+        "init_args": {"head": {"class_path": head_path, "init_args": head_args}, **module_args},
+    }
+
+
+def tiny_method(name: str, seed: int = 0, **overrides: Any):
     """A freshly initialised module of method ``name`` on the tiny CLIP (seeded)."""
-    class_path, kwargs = TINY_METHODS[name]
-    module_name, cls_name = class_path.rsplit(".", 1)
-    cls = getattr(importlib.import_module(module_name), cls_name)
+    from tvrbench.methods import build_module
+
+    model = tiny_model_section(name, **overrides)
     torch.manual_seed(seed)
-    return cls(clip="tiny", **{**kwargs, **overrides})
+    return build_module(model)

@@ -5,13 +5,14 @@ step-memory estimate against a hand computation, and the peak-memory meter again
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from types import SimpleNamespace
 
 import pytest
 import torch
 
 from baselines.centerclip import CenterCLIPModule
-from baselines.xclip import XCLIPModule
+from baselines.xclip import XCLIPHead
 from tvrbench.memory import (
     MEASURED_ACTIVATIONS,
     MIB,
@@ -20,6 +21,7 @@ from tvrbench.memory import (
     peak_bytes,
     resolve_activation_checkpointing,
 )
+from tvrbench.retrieval import RetrievalModule
 from tvrbench.temporal import TemporalBlock
 
 
@@ -61,7 +63,7 @@ def count_calls(modules: list[torch.nn.Module]) -> list[int]:
 @pytest.mark.parametrize(
     "build",
     [
-        lambda: XCLIPModule(clip="tiny", max_frames=4, max_words=8),
+        lambda: RetrievalModule(head=partial(XCLIPHead, max_frames=4, max_words=8), clip="tiny"),
         lambda: CenterCLIPModule(clip="tiny", num_segments=2, num_clusters=3, start_block=2),
     ],
     ids=["xclip", "centerclip"],
@@ -106,7 +108,7 @@ def test_setting_parsed_and_bad_value_named() -> None:
     with pytest.raises(ValueError, match="activation_checkpointing: 'sometimes'"):
         parse_activation_checkpointing("sometimes")
     with pytest.raises(ValueError, match="activation_checkpointing"):
-        XCLIPModule(clip="tiny", activation_checkpointing="maybe")
+        RetrievalModule(head=XCLIPHead, clip="tiny", activation_checkpointing="maybe")
 
 
 def test_auto_resolution() -> None:
@@ -124,7 +126,7 @@ def test_auto_resolution() -> None:
 def test_estimate_by_hand() -> None:
     """The tiny CLIP (17 tokens of width 64 in 2 layers per frame; 8 tokens of width 64 in 2
     layers per text) scales the ViT-B/32 figures by its size relative to ViT-B/32's."""
-    config = XCLIPModule(clip="tiny").backbone.clip.config
+    config = RetrievalModule(head=XCLIPHead, clip="tiny").backbone.clip.config
     fig = MEASURED_ACTIVATIONS[("bf16", False)]
     frame_scale = (17 * 64 * 2) / (50 * 768 * 12)
     text_scale = (8 * 64 * 2) / (64 * 512 * 12)
@@ -138,7 +140,11 @@ def test_estimate_by_hand() -> None:
 
 
 def test_apply_resolves_from_the_trainer() -> None:
-    module = XCLIPModule(clip="tiny", max_frames=4, max_words=8, activation_checkpointing=True)
+    module = RetrievalModule(
+        head=partial(XCLIPHead, max_frames=4, max_words=8),
+        clip="tiny",
+        activation_checkpointing=True,
+    )
     module.trainer = SimpleNamespace(  # type: ignore[assignment]
         datamodule=SimpleNamespace(
             batch_size=4, max_words=8, sampling=SimpleNamespace(max_frames=4)

@@ -172,13 +172,14 @@ def test_backbone_does_not_import_the_data_package():
 
 def test_reloaded_backbone_starts_in_training_mode(tiny, tmp_path):
     """from_pretrained returns eval mode; a module built on a saved CLIP must still train."""
-    from baselines.meanp import MeanPModule
+    from baselines.meanp import MeanPHead
+    from tvrbench.retrieval import RetrievalModule
 
     tok, bb = tiny
     bb.clip.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
     assert all(m.training for m in ClipBackbone.from_pretrained(str(tmp_path)).modules())
-    module = MeanPModule(clip=str(tmp_path))
+    module = RetrievalModule(head=MeanPHead, clip=str(tmp_path))
     assert [n for n, m in module.named_modules() if not m.training] == []
 
 

@@ -147,13 +147,14 @@ def test_each_method_trains_head_only_or_is_noted(cached_run):
     assert Path(xpool["checkpoint"]).is_file()
     # The head trained; the backbone is still the tiny CLIP it started from (tiny.yaml: no
     # pretraining), and a freshly built X-Pool (same seeded init) has another head.
-    from baselines.xpool import XPoolModule
+    from baselines.xpool import XPoolHead
     from tvrbench.backbone import ClipBackbone
+    from tvrbench.retrieval import RetrievalModule
 
     state = torch.load(xpool["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     initial = ClipBackbone.from_pretrained("tiny").clip.state_dict()
     assert all(torch.equal(state[f"backbone.clip.{k}"], v) for k, v in initial.items())
-    fresh = XPoolModule(clip="tiny", freeze_backbone=True).state_dict()
+    fresh = RetrievalModule(head=XPoolHead, clip="tiny", freeze_backbone=True).state_dict()
     head = [k for k in fresh if k.startswith("head.")]
     assert head and any(not torch.equal(state[k], fresh[k]) for k in head)
     features = xpool["features"]

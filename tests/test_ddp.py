@@ -9,7 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from baselines.meanp import MeanPModule
+from baselines.meanp import MeanPHead
+from tvrbench.retrieval import RetrievalModule
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def _run(root, cache_dir, devices: int) -> dict[str, float]:
 
     L.seed_everything(0)
     dm = _synthetic_dm(root, cache_dir, eval_batch_size=2)
-    model = MeanPModule(clip="tiny")
+    model = RetrievalModule(head=MeanPHead, clip="tiny")
     trainer = L.Trainer(
         accelerator="cpu",
         devices=devices,
@@ -70,12 +71,12 @@ def test_two_process_test_metrics_equal_one_process(synth_root, tmp_path):
     assert torch.isfinite(torch.tensor(list(single.values()))).all()
 
 
-class BatchSpyModule(MeanPModule):
+class BatchSpyModule(RetrievalModule):
     """MeanP whose every rank writes the batch it loaded and the logits its loss saw to
     ``out_dir/rank<r>.json`` (module level: ddp_spawn pickles it)."""
 
     def __init__(self, out_dir: str, **kwargs) -> None:
-        super().__init__(**kwargs)
+        super().__init__(head=MeanPHead, **kwargs)
         self.out_dir = out_dir
 
     def training_step(self, batch, batch_idx):

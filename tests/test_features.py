@@ -3,12 +3,14 @@ head-only training through Lightning, and CenterCLIP's refusal."""
 
 from __future__ import annotations
 
+from functools import partial
+
 import lightning as L
 import pytest
 import torch
 
-from baselines.meanp import MeanPModule
-from baselines.xpool import XPoolModule
+from baselines.meanp import MeanPHead
+from baselines.xpool import XPoolHead
 from tvrbench.features import (
     BATCH_KEYS,
     CachedFeatureDataModule,
@@ -18,7 +20,8 @@ from tvrbench.features import (
     extract_features,
     load_features,
 )
-from tvrbench.glccl import GLCCLModule
+from tvrbench.glccl import GLCCLHead
+from tvrbench.retrieval import RetrievalModule
 
 MAX_FRAMES = 6
 MAX_WORDS = 32
@@ -53,19 +56,18 @@ def didemo(tmp_path_factory):
 def feature_files(didemo, tmp_path_factory):
     """Features of every split from the tiny backbone (seeded, so every module's is the same)."""
     out = tmp_path_factory.mktemp("features")
-    backbone = MeanPModule(clip="tiny").backbone
+    backbone = RetrievalModule(head=MeanPHead, clip="tiny").backbone
     return {s: extract_features(backbone, didemo, s, out, batch_size=3) for s in didemo._datasets}
 
 
 def _module(name: str):
     torch.manual_seed(0)
-    if name == "meanp":
-        return MeanPModule(clip="tiny", freeze_backbone=True)
-    if name == "xpool":
-        return XPoolModule(clip="tiny", freeze_backbone=True, dropout=0.0)
-    return GLCCLModule(
-        clip="tiny", freeze_backbone=True, max_words=MAX_WORDS, max_frames=MAX_FRAMES
-    )
+    head = {
+        "meanp": MeanPHead,
+        "xpool": partial(XPoolHead, dropout=0.0),
+        "glccl": partial(GLCCLHead, max_words=MAX_WORDS, max_frames=MAX_FRAMES),
+    }[name]
+    return RetrievalModule(head=head, clip="tiny", freeze_backbone=True)
 
 
 @torch.no_grad()
@@ -101,7 +103,7 @@ def test_file_contents_match_the_datamodule(didemo, feature_files):
 
 
 def test_extraction_is_cached_by_backbone_and_settings(didemo, feature_files, tmp_path):
-    backbone = MeanPModule(clip="tiny").backbone
+    backbone = RetrievalModule(head=MeanPHead, clip="tiny").backbone
     path = feature_files["test"]
     mtime = path.stat().st_mtime_ns
     again = extract_features(backbone, didemo, "test", path.parent)

@@ -12,7 +12,8 @@ import pytest
 import torch
 import yaml
 
-from baselines.meanp import MeanPModule
+from baselines.meanp import MeanPHead
+from tvrbench.retrieval import RetrievalModule
 
 ROOT = Path(__file__).resolve().parents[1]
 LN_100 = math.log(100.0)
@@ -32,10 +33,10 @@ OFFICIAL_FROZEN = {
 
 
 def test_freeze_clip_input_layers_freezes_what_freeze_layer_num_0_freezes():
-    module = MeanPModule(clip="tiny", freeze_clip_input_layers=True)
+    module = RetrievalModule(head=MeanPHead, clip="tiny", freeze_clip_input_layers=True)
     frozen = {n for n, p in module.backbone.clip.named_parameters() if not p.requires_grad}
     assert frozen == set(OFFICIAL_FROZEN.values())
-    plain = MeanPModule(clip="tiny")
+    plain = RetrievalModule(head=MeanPHead, clip="tiny")
     assert all(p.requires_grad for p in plain.backbone.parameters())
 
 
@@ -63,7 +64,7 @@ def test_shared_recipe_states_its_freezing_choice():
 def test_logit_scale_gradient_is_not_cut_at_the_cap():
     """The official forward uses exp(θ) unclamped: d(exp θ)/dθ = exp θ even above ln 100 (a
     clamp in the forward would give 0 there)."""
-    module = MeanPModule(clip="tiny")
+    module = RetrievalModule(head=MeanPHead, clip="tiny")
     with torch.no_grad():
         module.backbone.clip.logit_scale.fill_(LN_100 + 0.1)
     module.backbone.logit_scale().backward()
@@ -94,7 +95,7 @@ class _AlignedPairs(torch.utils.data.Dataset):
 
 
 def test_a_training_step_clamps_the_logit_scale_parameter_afterwards():
-    module = MeanPModule(clip="tiny", backbone_lr=1.0, warmup_frac=0.0)
+    module = RetrievalModule(head=MeanPHead, clip="tiny", backbone_lr=1.0, warmup_frac=0.0)
     with torch.no_grad():
         module.backbone.clip.logit_scale.fill_(LN_100 - 0.01)
     trainer = L.Trainer(

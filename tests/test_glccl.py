@@ -1,5 +1,7 @@
 """GLCCL head: efficient scoring against the plain reference, masking, pooling, CSC, training."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -441,10 +443,13 @@ def test_too_many_frames_or_words_is_a_clear_error():
 
 def test_module_forward_on_fake_batch():
     pytest.importorskip("tvrbench.data.synth")
-    from tvrbench.glccl import GLCCLModule
+    from functools import partial
+
+    from tvrbench.retrieval import RetrievalModule
 
     torch.manual_seed(0)
-    module = GLCCLModule(clip="tiny", max_words=32, max_frames=4, temporal_layers=1)
+    head = partial(GLCCLHead, max_words=32, max_frames=4, temporal_layers=1)
+    module = RetrievalModule(head=head, clip="tiny")
     b = 3
     input_ids = torch.randint(4, 20, (b, 32))
     attention_mask = torch.zeros(b, 32, dtype=torch.long)
@@ -493,8 +498,12 @@ def test_method_configs_parse(name):
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(RetrievalModule, "model")
     cfg = parser.parse_args(["--config", str(path)])
-    assert cfg.model.class_path == "tvrbench.glccl.GLCCLModule"
-    assert cfg.model.init_args.csc_weight == 0.5
+    assert cfg.model.class_path == "tvrbench.retrieval.RetrievalModule"
+    assert cfg.model.init_args.head.class_path == "tvrbench.glccl.GLCCLHead"
+    assert cfg.model.init_args.head.init_args.csc_weight == 0.5
+    # The L×L matrices and frame positions are the data config's (placed when composed).
+    raw_head = _method_config(path.stem)["model"]["init_args"]["head"]["init_args"]
+    assert not {"max_words", "max_frames"} & set(raw_head)
 
 
 # ------------------------------------------------------------------- ablation and recipe configs
@@ -515,28 +524,46 @@ def _method_config(name: str) -> dict:
     return yaml.safe_load(path.read_text())
 
 
+def _flat(section: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` → ``{"a.b": 1}``."""
+    out = {}
+    for key, value in section.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
 @pytest.mark.parametrize("ablation", sorted(ABLATIONS))
 @pytest.mark.parametrize("recipe", ["", "_published"])
 def test_ablation_configs_change_exactly_one_value(ablation, recipe):
     """Each ablation is a full config equal to its base (glccl.yaml / glccl_published.yaml) but
-    for one value: no new code path."""
+    for one value of the head: no new code path."""
     base, config = _method_config(f"glccl{recipe}"), _method_config(f"{ablation}{recipe}")
     key, value = ABLATIONS[ablation]
-    assert config["model"]["class_path"] == base["model"]["class_path"]
-    args, base_args = config["model"]["init_args"], base["model"]["init_args"]
-    assert args[key] == value != base_args[key]
-    assert {k: v for k, v in args.items() if k != key} == {
-        k: v for k, v in base_args.items() if k != key
-    }
+    flat, base_flat = _flat(config), _flat(base)
+    changed = {k for k in flat.keys() | base_flat.keys() if flat.get(k) != base_flat.get(k)}
+    assert changed == {f"model.init_args.head.init_args.{key}"}
+    assert flat[f"model.init_args.head.init_args.{key}"] == value
     assert set(config) == set(base) == {"model"}
 
 
 def test_glccl_configs_name_their_temporal_initialisation():
+    import yaml
+
     for name in ("glccl", *ABLATIONS):
-        assert _method_config(name)["model"]["init_args"]["temporal_init"] == "identity"
-        published = _method_config(f"{name}_published")["model"]["init_args"]
-        assert published["temporal_init"] == "clip_text"
-        assert published["max_frames"] <= 77  # positions from CLIP's 77 text positions
+        head = _method_config(name)["model"]["init_args"]["head"]["init_args"]
+        assert head["temporal_init"] == "identity"
+        published = _method_config(f"{name}_published")
+        assert published["model"]["init_args"]["head"]["init_args"]["temporal_init"] == "clip_text"
+        # positions from CLIP's 77 text positions: the data's max_frames (the method's or the
+        # shared DiDeMo data config's) must fit
+        data = yaml.safe_load(
+            (Path(__file__).resolve().parents[1] / "configs/data/didemo.yaml").read_text()
+        )["data"]["init_args"]
+        data.update(published.get("data", {}).get("init_args", {}))
+        assert data["max_frames"] <= 77
 
 
 @pytest.mark.parametrize(
@@ -575,3 +602,11 @@ def test_published_configs_cite_their_source_and_hold_only_recipe_sections(metho
     assert (args["lr"], args["backbone_lr"], args["eps"], args["weight_decay"]) == (
         lr, backbone_lr, eps, 0.2,
     )  # fmt: skip
+
+
+def test_shared_layers_docstring_examples():
+    import doctest
+
+    import tvrbench.layers
+
+    assert doctest.testmod(tvrbench.layers).failed == 0

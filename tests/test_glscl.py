@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import math
 import warnings
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
 from baselines.glscl import (
     GLSCLHead,
-    GLSCLModule,
     decoder_heads_for,
     inter_diversity_loss,
     intra_consistency_loss,
 )
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import symmetric_infonce
+from tvrbench.retrieval import RetrievalModule, symmetric_infonce
 
 ROOT = Path(__file__).resolve().parents[1]
 D, MAX_FRAMES, Q = 32, 9, 4
@@ -416,11 +417,12 @@ def fake_batch(b: int = 6, frames: int = 4, words: int = 32, seed: int = 0):
     }
 
 
-def tiny_module(**kwargs) -> GLSCLModule:
+def tiny_module(**head_args) -> RetrievalModule:
+    """The shared module on the tiny CLIP with a GLSCL head (small sizes, ``head_args`` on top)."""
     torch.manual_seed(0)
-    args = dict(clip="tiny", max_frames=4, temporal_layers=1, ffn_dim=256, temporal_init="identity")
-    args.update(kwargs)
-    return GLSCLModule(**args)
+    args = dict(max_frames=4, temporal_layers=1, ffn_dim=256, temporal_init="identity")
+    args.update(head_args)
+    return RetrievalModule(head=partial(GLSCLHead, **args), clip="tiny")
 
 
 def test_training_steps_lower_the_loss_on_tiny_clip():
@@ -475,8 +477,6 @@ def test_module_fit_logs_the_extra_loss():
 def test_method_configs_parse(name):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from tvrbench.retrieval import RetrievalModule
-
     path = ROOT / "configs" / "method" / name
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
@@ -484,18 +484,22 @@ def test_method_configs_parse(name):
     parser.add_argument("--trainer", type=dict, default={})
     parser.add_argument("--data", type=dict, default={})
     cfg = parser.parse_args(["--config", str(path)])
-    args = cfg.model.init_args
-    assert cfg.model.class_path == "baselines.glscl.GLSCLModule"
-    assert (args.num_queries, args.decoder_layers, args.tau) == (8, 3, 3.0)
-    assert (args.idl_weight, args.icl_beta, args.local_weight) == (1e-4, 0.005, 0.5)
+    args, head = cfg.model.init_args, cfg.model.init_args.head.init_args
+    assert cfg.model.class_path == "tvrbench.retrieval.RetrievalModule"
+    assert cfg.model.init_args.head.class_path == "baselines.glscl.GLSCLHead"
+    assert (head.num_queries, head.decoder_layers, head.tau) == (8, 3, 3.0)
+    assert (head.idl_weight, head.icl_beta, head.local_weight) == (1e-4, 0.005, 0.5)
+    # The frame positions are the data config's (placed when composed), not the method file's.
+    raw_head = yaml.safe_load(path.read_text())["model"]["init_args"]["head"]
+    assert "max_frames" not in raw_head["init_args"]
     if name == "glscl_published.yaml":
-        assert (args.lr, args.backbone_lr, args.ffn_dim, args.max_frames) == (1e-4, 1e-7, 2048, 64)
-        assert args.temporal_init == "clip_text"
+        assert (args.lr, args.backbone_lr, head.ffn_dim) == (1e-4, 1e-7, 2048)
+        assert head.temporal_init == "clip_text"
         assert cfg.trainer == {"max_epochs": 5}
         assert cfg.data == {"init_args": {"batch_size": 32}}
     else:
-        assert (args.lr, args.backbone_lr, args.max_frames) == (1e-3, 3e-4, 18)
-        assert args.temporal_init == "identity"
+        assert (args.lr, args.backbone_lr) == (1e-3, 3e-4)
+        assert head.temporal_init == "identity"
 
 
 def test_published_sections_reach_the_bench():

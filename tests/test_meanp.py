@@ -7,8 +7,8 @@ import pytest
 import torch
 from head_inputs import random_frames, text_features
 
-from baselines.meanp import MeanPHead, MeanPModule, masked_mean_normalised
-from tvrbench.retrieval import symmetric_infonce
+from baselines.meanp import MeanPHead, masked_mean_normalised
+from tvrbench.retrieval import RetrievalModule, symmetric_infonce
 
 
 def numpy_meanp(sentence: np.ndarray, frames: np.ndarray, mask: np.ndarray) -> np.ndarray:
@@ -99,9 +99,9 @@ def fit_two_steps(module, batch) -> float:
 
 
 @pytest.fixture(scope="module")
-def module() -> MeanPModule:
+def module() -> RetrievalModule:
     torch.manual_seed(0)
-    return MeanPModule(clip="tiny")
+    return RetrievalModule(head=MeanPHead, clip="tiny")
 
 
 def test_meanp_module_every_parameter_gets_a_gradient(module):
@@ -116,7 +116,7 @@ def test_meanp_module_every_parameter_gets_a_gradient(module):
 
 def test_meanp_module_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
-    module = MeanPModule(clip="tiny")
+    module = RetrievalModule(head=MeanPHead, clip="tiny")
     batch = tiny_batch(4, 2, seed=1)
     opt = torch.optim.Adam(module.parameters(), lr=1e-3)
     losses = []
@@ -132,7 +132,7 @@ def test_meanp_module_loss_decreases_on_a_fixed_batch():
 
 def test_meanp_module_trains_under_lightning():
     torch.manual_seed(0)
-    module = MeanPModule(clip="tiny", lr=1e-3, backbone_lr=1e-4)
+    module = RetrievalModule(head=MeanPHead, clip="tiny", lr=1e-3, backbone_lr=1e-4)
     before = module.backbone.clip.visual_projection.weight.detach().clone()
     assert np.isfinite(fit_two_steps(module, tiny_batch(4, 3, seed=2)))
     assert not torch.equal(before, module.backbone.clip.visual_projection.weight.detach())
@@ -143,23 +143,19 @@ def test_meanp_module_trains_under_lightning():
 
 @pytest.mark.parametrize("method", ["meanp", "xpool", "centerclip"])
 def test_method_configs_name_real_constructor_arguments(method):
-    """Both recipes: the class exists and takes every init_arg; the tiny one builds."""
-    import importlib
-    import inspect
+    """Both recipes: the module and head classes exist and take every init_arg; the tiny one
+    builds, its head as configured and not among the checkpoint's hyperparameters."""
     from pathlib import Path
 
-    import yaml
+    from tvrbench.methods import build_module, check_arguments, load_method
 
+    head = {"meanp": "MeanPHead", "xpool": "XPoolHead", "centerclip": "MeanPHead"}[method]
     config_dir = Path(__file__).resolve().parents[1] / "configs" / "method"
     for name in (method, f"{method}_published"):
-        model = yaml.safe_load((config_dir / f"{name}.yaml").read_text())["model"]
-        module_name, _, class_name = model["class_path"].rpartition(".")
-        cls = getattr(importlib.import_module(module_name), class_name)
-        accepted = set(inspect.signature(cls.__init__).parameters)
-        for base in cls.__mro__[1:]:
-            if base.__name__ == "RetrievalModule":
-                accepted |= set(inspect.signature(base.__init__).parameters)
-        assert set(model["init_args"]) <= accepted, name
+        config = load_method(name, config_dir)
+        check_arguments(config.model(), config.path)
+        assert config.init_args["head"]["class_path"].endswith(f".{head}")
         if name == method:
-            built = cls(**model["init_args"])
-            assert built.hparams.clip == "tiny"
+            built = build_module(config.model())
+            assert built.hparams.clip == "tiny" and "head" not in built.hparams
+            assert type(built.head).__name__ == head

@@ -59,3 +59,31 @@ def test_checkpoint_errors_name_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(MethodConfigError, match=r"bad\.ckpt: cannot be loaded"):
         methods.load_checkpoint_weights(module, bad)
+
+
+def test_the_data_shape_lands_in_the_head_and_arguments_are_checked_per_class():
+    glccl = methods.load_method("glccl", CONFIG_DIR).model()
+    placed = methods.place_data_shape(glccl, max_words=16, max_frames=5)
+    head_args = placed["init_args"]["head"]["init_args"]
+    assert (head_args["max_words"], head_args["max_frames"]) == (16, 5)
+    assert "max_frames" not in placed["init_args"]  # the module takes no such argument
+    glccl["init_args"]["head"]["init_args"]["not_a_head_argument"] = 1
+    with pytest.raises(MethodConfigError, match="GLCCLHead takes no argument not_a_head_argument"):
+        methods.check_arguments(glccl, "glccl.yaml")
+
+
+def test_published_numbers_and_ablation_baselines_come_from_the_head():
+    """The report's class attributes: the head's, unless a module subclass sets its own
+    (CenterCLIP scores with meanP's head but has no published DiDeMo number)."""
+
+    def attribute(name: str, key: str):
+        method = methods.load_method(name, CONFIG_DIR)
+        return methods.method_attribute(method.class_path, method.init_args, key)
+
+    published = {m: attribute(m, "PUBLISHED_DIDEMO_T2V") for m in methods.DEFAULT_METHODS}
+    assert {m: p["R@1"] for m, p in published.items() if p} == {
+        "meanp": 43.4, "xclip": 45.2, "glscl": 46.7,
+    }  # fmt: skip
+    assert published["centerclip"] is None and published["glccl"] is None
+    assert attribute("glccl_no_csc", "ABLATION_BASELINES") == ("xclip",)
+    assert methods.method_attribute("nowhere.Ghost", {}, "PUBLISHED_DIDEMO_T2V") is None

@@ -1,13 +1,14 @@
 """A new method is one head file and one config: written here from scratch into a temporary
 folder, with nothing in the repository edited, it runs through ``benchmarks/scoring.py`` and
-``benchmarks/train_step.py``.
+``benchmarks/train_step.py``. The config names the shared ``RetrievalModule`` and the new head;
+no module subclass is written.
 
 The method, "best frame": the cosine between the sentence and its best-matching real frame, after
 a learnable D×D frame projection (identity at init). Per pair that is N·D multiply-adds, so it is
 a per-pair method to the scoring benchmark (no large-gallery row).
 
-The ``new_method`` fixture writes the files and puts them on the import path; further checks of
-the same method (``tvrbench bench``) can take it as well.
+The ``new_method`` fixture writes the files and puts them on the import path; the slow test runs
+the same method through ``tvrbench bench`` (training in a child process included).
 """
 
 from __future__ import annotations
@@ -29,14 +30,12 @@ HEAD_FILE = '''"""Best frame: cos(t, best real frame of the projected, normalise
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
+from tvrbench.retrieval import RetrievalHead, State
 
 
 class BestFrameHead(RetrievalHead):
@@ -80,18 +79,14 @@ class BestFrameHead(RetrievalHead):
     def reference_pair_flops(num_words: int, num_frames: int, dim: int) -> int:
         """N·D: one dot product per real frame."""
         return num_frames * dim
-
-
-class BestFrameModule(RetrievalModule):
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.head = BestFrameHead(self.backbone.embed_dim)
 '''
 
 CONFIG_FILE = f"""# Best frame (tests/test_new_method.py) on the tiny backbone and the tiny recipe.
 model:
-  class_path: {MODULE}.BestFrameModule
+  class_path: tvrbench.retrieval.RetrievalModule
   init_args:
+    head:
+      class_path: {MODULE}.BestFrameHead
     clip: tiny
     lr: 1.0e-3
     backbone_lr: 3.0e-4
@@ -178,3 +173,25 @@ def test_train_step_benchmark_runs_the_new_method(new_method: NewMethod, tmp_pat
     clip_params = sum(p.numel() for p in ClipBackbone.from_pretrained("tiny").parameters())
     dim = ClipBackbone.from_pretrained("tiny").embed_dim
     assert int(row["params"]) == clip_params + dim * dim  # the frame projection is trained
+
+
+@pytest.mark.slow
+def test_bench_runs_the_new_method(new_method: NewMethod, tmp_path: Path) -> None:
+    """``tvrbench bench`` on the tiny synthetic setting trains, tests and measures it by name."""
+    import pandas as pd
+
+    from tvrbench.bench.runner import main
+
+    argv = [
+        "--config", str(ROOT / "configs" / "bench" / "tiny.yaml"),
+        "--methods", new_method.name,
+        "--method_config_dir", str(new_method.config_dir),
+        "--cache_dir", str(tmp_path / "cache"),
+        "--out_dir", str(tmp_path / "out"),
+        "--run_name", "r",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    results = pd.read_csv(tmp_path / "out" / "r" / "results.csv")
+    assert set(results["method"]) == {new_method.name}
+    plain = results[(results["postproc"] == "none") & (results["bucket"] == "all")]
+    assert len(plain) >= 1 and plain["t2v_R@1"].notna().all()

@@ -344,7 +344,8 @@ def test_summary(wide):
 def test_batches_and_stress_datamodule_under_trainer_test(wide):
     import lightning as L
 
-    from baselines.meanp import MeanPModule
+    from baselines.meanp import MeanPHead
+    from tvrbench.retrieval import RetrievalModule
 
     sdm = StressDataModule(wide, 30.0, batch_size=2)
     assert sdm.bucket_names("test") == wide.bucket_names("test")
@@ -356,7 +357,7 @@ def test_batches_and_stress_datamodule_under_trainer_test(wide):
     assert not (batch["relevant_mask"] & ~batch["frame_mask"]).any()
 
     torch.manual_seed(0)
-    module = MeanPModule(clip="tiny")
+    module = RetrievalModule(head=MeanPHead, clip="tiny")
     trainer = L.Trainer(
         accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
     )
@@ -372,9 +373,10 @@ def test_every_length_evaluated_when_each_test_moves_the_module_away(wide, monke
     measured — the module is placed before each use, not once."""
     import lightning as L
 
-    from baselines.meanp import MeanPModule
+    from baselines.meanp import MeanPHead
     from tvrbench.bench import stress as bench_stress
     from tvrbench.bench.stress import StressSettings, evaluate_lengths
+    from tvrbench.retrieval import RetrievalModule
 
     moved: list[str] = []
 
@@ -407,7 +409,7 @@ def test_every_length_evaluated_when_each_test_moves_the_module_away(wide, monke
     for name in ("method_flops", "video_latency", "query_latency"):
         monkeypatch.setattr(measure, name, checked(getattr(measure, name)))
     torch.manual_seed(0)
-    module = MeanPModule(clip="tiny")
+    module = RetrievalModule(head=MeanPHead, clip="tiny")
     sample = next(iter(wide.test_dataloader()))
     sample = {k: sample[k][:1] for k in ("input_ids", "attention_mask", "frames", "frame_mask")}
     settings = StressSettings(

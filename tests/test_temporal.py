@@ -250,29 +250,37 @@ def test_identity_block_is_the_official_block_formula():
 # ----------------------------------------------------------------------- through the module
 
 
-def test_glccl_module_records_how_its_temporal_encoder_started():
-    from tvrbench.glccl import GLCCLModule
+def glccl_module(clip: str = "tiny", **head_args):
+    """The shared module with a GLCCL head built with ``head_args``."""
+    from functools import partial
 
-    seeded = GLCCLModule(clip="tiny", max_words=32, max_frames=4, temporal_layers=1)
-    assert seeded.hparams.temporal_init == "clip_text"  # the reference default
+    from tvrbench.glccl import GLCCLHead
+    from tvrbench.retrieval import RetrievalModule
+
+    return RetrievalModule(head=partial(GLCCLHead, **head_args), clip=clip)
+
+
+def test_glccl_module_records_how_its_temporal_encoder_started():
+    seeded = glccl_module(max_words=32, max_frames=4, temporal_layers=1)
+    assert seeded.head.temporal_init == "clip_text"  # the reference default
     assert len(seeded.init_notes) == 1
     assert seeded.init_notes[0].startswith("temporal encoder: clip_text initialisation")
     text_layer = seeded.backbone.clip.text_model.encoder.layers[0]
     block = seeded.head.temporal.transformer.layers[0]
     assert torch.equal(block.linear1.weight, text_layer.mlp.fc1.weight)
 
-    deep = GLCCLModule(clip="tiny", max_words=32, max_frames=4, temporal_layers=4)
+    deep = glccl_module(max_words=32, max_frames=4, temporal_layers=4)
     assert deep.init_notes == [
         "temporal encoder: identity initialisation "
         "(clip_text fell back: CLIP has 2 text layers, the encoder 4)"
     ]
-    plain = GLCCLModule(clip="tiny", max_frames=4, temporal_layers=1, temporal_init="identity")
+    plain = glccl_module(max_frames=4, temporal_layers=1, temporal_init="identity")
     assert plain.init_notes == ["temporal encoder: identity initialisation"]
-    off = GLCCLModule(clip="tiny", max_frames=4, use_temporal=False)
+    off = glccl_module(max_frames=4, use_temporal=False)
     assert off.head.temporal is None
     assert off.init_notes == ["temporal encoder: off (use_temporal=False)"]
     with pytest.raises(ValueError, match="temporal_init"):
-        GLCCLModule(clip="tiny", max_frames=4, temporal_init="text")
+        glccl_module(max_frames=4, temporal_init="text")
 
 
 @pytest.mark.slow
@@ -282,13 +290,11 @@ def test_vit_b32_architecture_seeds_the_glccl_encoder_from_its_text_layers(tmp_p
     if not (SHARED_TOKENIZER / "vocab.json").exists():
         pytest.skip("shared CLIP tokenizer not available")
     from tvrbench.backbone import build_vit_b32_random, load_tokenizer
-    from tvrbench.glccl import GLCCLModule
 
     folder = build_vit_b32_random(tmp_path / "vit-b32", SHARED_TOKENIZER)
-    module = GLCCLModule(
-        clip=str(folder), max_words=64, max_frames=64, temporal_layers=4,
-        temporal_init="clip_text",
-    )  # fmt: skip
+    module = glccl_module(
+        str(folder), max_words=64, max_frames=64, temporal_layers=4, temporal_init="clip_text"
+    )
     assert module.backbone.embed_dim == 512 and module.backbone.image_size == 224
     assert module.backbone.max_words == 77
     assert load_tokenizer(str(folder))("a man is eating food.")["input_ids"] == [

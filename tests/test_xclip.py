@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode
@@ -14,11 +16,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from baselines.xclip import (
     XCLIPCheckpointError,
     XCLIPHead,
-    XCLIPModule,
     xclip_reference_scores,
 )
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import symmetric_infonce
+from tvrbench.retrieval import RetrievalModule, symmetric_infonce
 
 D, MAX_WORDS, MAX_FRAMES, TAU = 32, 10, 9, 0.01
 
@@ -65,6 +66,11 @@ def make_inputs(bt=3, bv=4, length=8, n=7, seed=1):
 
 def states(head: XCLIPHead, text: TextFeatures, frames, frame_mask):
     return head.text_state(text), head.video_state(frames, frame_mask)
+
+
+def xclip_module(**head_args) -> RetrievalModule:
+    """The shared module on the tiny CLIP with an X-CLIP head built with ``head_args``."""
+    return RetrievalModule(head=partial(XCLIPHead, **head_args), clip="tiny")
 
 
 # ---------------------------------------------------------------------- NumPy reference
@@ -339,14 +345,10 @@ def test_head_checkpoint_of_other_sizes_is_a_one_line_error():
 
 
 def test_module_checkpoint_of_other_sizes_is_a_one_line_error(tmp_path: Path):
-    saved = XCLIPModule(
-        clip="tiny", max_words=32, max_frames=6, temporal_layers=1, temporal_init="identity"
-    )
+    saved = xclip_module(max_words=32, max_frames=6, temporal_layers=1, temporal_init="identity")
     path = tmp_path / "xclip.pt"
     torch.save(saved.state_dict(), path)
-    other = XCLIPModule(
-        clip="tiny", max_words=16, max_frames=6, temporal_layers=1, temporal_init="identity"
-    )
+    other = xclip_module(max_words=16, max_frames=6, temporal_layers=1, temporal_init="identity")
     with pytest.raises(XCLIPCheckpointError, match="max_words=32.*max_words=16") as err:
         other.load_state_dict(torch.load(path, weights_only=True))
     assert "\n" not in str(err.value)
@@ -391,9 +393,7 @@ def test_every_head_parameter_gets_a_gradient():
 @pytest.mark.filterwarnings(r"ignore:You are trying to `self.log\(\)`")
 def test_training_steps_on_tiny_clip_lower_the_loss():
     torch.manual_seed(0)
-    module = XCLIPModule(
-        clip="tiny", max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity"
-    )
+    module = xclip_module(max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity")
     assert module.init_notes == ["temporal encoder: identity initialisation"]
     batch = fake_batch()
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
@@ -413,9 +413,7 @@ def test_fit_and_test_through_lightning():
     from torch.utils.data import DataLoader
 
     torch.manual_seed(0)
-    module = XCLIPModule(
-        clip="tiny", max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity"
-    )
+    module = xclip_module(max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity")
     batch = fake_batch()
     trainer = L.Trainer(
         fast_dev_run=2,
@@ -434,14 +432,14 @@ def test_fit_and_test_through_lightning():
 
 
 def test_without_temporal_encoder_notes_it():
-    module = XCLIPModule(clip="tiny", max_words=32, max_frames=4, use_temporal=False)
+    module = xclip_module(max_words=32, max_frames=4, use_temporal=False)
     assert module.head.temporal is None
     assert module.init_notes == ["temporal encoder: off (use_temporal=False)"]
 
 
 def test_clip_text_initialisation_when_available():
     try:
-        module = XCLIPModule(clip="tiny", max_words=32, max_frames=4, temporal_layers=1)
+        module = xclip_module(max_words=32, max_frames=4, temporal_layers=1)
     except NotImplementedError:
         pytest.skip("tvrbench.temporal: clip_text initialisation not implemented yet")
     assert len(module.init_notes) == 1 and "clip_text" in module.init_notes[0]
@@ -454,31 +452,23 @@ def test_clip_text_initialisation_when_available():
 def test_method_configs_parse(name):
     from jsonargparse import ActionConfigFile, ArgumentParser
 
-    from tvrbench.retrieval import RetrievalModule
-
     path = Path(__file__).resolve().parents[1] / "configs" / "method" / name
     parser = ArgumentParser(exit_on_error=False)
     parser.add_argument("--config", action=ActionConfigFile)
     parser.add_subclass_arguments(RetrievalModule, "model")
     cfg = parser.parse_args(["--config", str(path)])
-    assert cfg.model.class_path == "baselines.xclip.XCLIPModule"
-    args = cfg.model.init_args
+    assert cfg.model.class_path == "tvrbench.retrieval.RetrievalModule"
+    assert cfg.model.init_args.head.class_path == "baselines.xclip.XCLIPHead"
+    args, head = cfg.model.init_args, cfg.model.init_args.head.init_args
+    # The tables' sizes are the data config's (placed when composed), not the method file's.
+    assert not {"max_words", "max_frames"} & set(
+        yaml.safe_load(path.read_text())["model"]["init_args"]["head"]["init_args"]
+    )
     if name == "xclip.yaml":
-        assert (args.clip, args.temporal_init, args.max_words, args.max_frames) == (
-            "tiny",
-            "identity",
-            32,
-            18,
-        )
+        assert (args.clip, head.temporal_init) == ("tiny", "identity")
     else:
         assert args.clip == "openai/clip-vit-base-patch32"
-        assert (args.lr, args.backbone_lr, args.max_words, args.max_frames) == (
-            1e-4,
-            1e-7,
-            64,
-            64,
-        )
-        assert args.temporal_init == "clip_text"
+        assert (args.lr, args.backbone_lr, head.temporal_init) == (1e-4, 1e-7, "clip_text")
 
 
 # -------------------------------------------------------------------------------- DDP
@@ -493,8 +483,8 @@ def test_two_process_test_metrics_equal_one_process():
 
     def run(devices: int) -> dict[str, float]:
         L.seed_everything(0)
-        module = XCLIPModule(
-            clip="tiny", max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity"
+        module = xclip_module(
+            max_words=32, max_frames=4, temporal_layers=1, temporal_init="identity"
         )
         # 5 samples on 2 ranks: the distributed sampler repeats one, the evaluation drops it.
         samples = [{k: v[i] for k, v in fake_batch(b=5).items()} for i in range(5)]

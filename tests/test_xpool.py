@@ -10,8 +10,8 @@ import torch
 from head_inputs import random_frames, text_features
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.xpool import XPoolHead, XPoolModule
-from tvrbench.retrieval import symmetric_infonce
+from baselines.xpool import XPoolHead
+from tvrbench.retrieval import RetrievalModule, symmetric_infonce
 
 
 def perturbed_head(dim: int, num_heads: int, seed: int, dropout: float = 0.3) -> XPoolHead:
@@ -226,11 +226,14 @@ def test_every_head_parameter_gets_a_gradient_and_loss_decreases():
 
 
 def test_xpool_module_builds_head_and_trains_under_lightning():
+    from functools import partial
+
     import lightning as L
     from torch.utils.data import DataLoader
 
     torch.manual_seed(0)
-    module = XPoolModule(clip="tiny", num_heads=2, dropout=0.1, lr=1e-3)
+    head = partial(XPoolHead, num_heads=2, dropout=0.1)
+    module = RetrievalModule(head=head, clip="tiny", lr=1e-3)
     assert module.head.dim == module.backbone.embed_dim and module.head.num_heads == 2
     g = torch.Generator().manual_seed(0)
     b, n = 3, 3

@@ -53,13 +53,9 @@ import torch
 from torch import Tensor, nn
 
 from tvrbench.backbone import TextFeatures
-from tvrbench.retrieval import RetrievalHead, RetrievalModule, State
-from tvrbench.temporal import (
-    TEMPORAL_INITS,
-    TemporalEncoder,
-    TemporalShapeError,
-    initialise_head_temporal,
-)
+from tvrbench.layers import TemporalHead, attention_pool, checked_temporal_init, masked_softmax
+from tvrbench.retrieval import State
+from tvrbench.temporal import TemporalEncoder, TemporalShapeError
 
 NORM_EPS = 1e-12
 
@@ -69,17 +65,6 @@ class GLCCLShapeError(TemporalShapeError):
 
 
 # ------------------------------------------------------------------------------ helpers
-
-
-def masked_softmax(logits: Tensor, mask: Tensor | None, dim: int = -1) -> Tensor:
-    """Softmax along ``dim`` over the positions where ``mask`` is True (weight exactly 0
-    elsewhere). ``mask`` broadcasts against ``logits``; None means every position counts.
-
-    An all-masked row comes out uniform instead of NaN (callers never use such rows).
-    """
-    if mask is None:
-        return logits.softmax(dim=dim)
-    return logits.masked_fill(~mask, torch.finfo(logits.dtype).min).softmax(dim=dim)
 
 
 def glim_pool(query: Tensor, frames: Tensor, frame_mask: Tensor | None, tau: float) -> Tensor:
@@ -95,27 +80,6 @@ def glim_pool(query: Tensor, frames: Tensor, frame_mask: Tensor | None, tau: flo
     """
     logits = torch.einsum("...d,bnd->...bn", query, frames) / tau  # (..., Bv, N)
     return masked_softmax(logits, frame_mask, dim=-1)
-
-
-def attention_pool(
-    x: Tensor, weight: Tensor, temperature: float, mask: Tensor | None = None
-) -> Tensor:
-    """X-CLIP-style pooling along the last axis: ``Σ_i x_i [softmax(x/temperature) W]_i``.
-
-    Args:
-        x: ``[..., L]`` similarities.
-        weight: ``[L, L]`` learnable matrix.
-        temperature: softmax temperature.
-        mask: bool, broadcastable to ``x``; masked positions get no softmax weight and are left
-            out of the sum (None: every position counts).
-    Returns:
-        ``[...]`` pooled similarity.
-    """
-    probs = masked_softmax(x / temperature, mask)  # (..., L)
-    mixed = probs @ weight  # (..., L)
-    if mask is not None:
-        mixed = mixed * mask
-    return (x * mixed).sum(-1)
 
 
 def csc_loss(components: Tensor, eps: float = 1e-8) -> Tensor:
@@ -139,7 +103,7 @@ def csc_loss(components: Tensor, eps: float = 1e-8) -> Tensor:
 # ----------------------------------------------------------------------------------- head
 
 
-class GLCCLHead(RetrievalHead):
+class GLCCLHead(TemporalHead):
     """GLCCL's temporal encoder, GLIM pooling, four-way scoring and CSC loss.
 
     Args:
@@ -147,6 +111,11 @@ class GLCCLHead(RetrievalHead):
         max_words: L, size of the word/frame pooling matrices (texts may be shorter).
         max_frames: positions of the temporal encoder.
         temporal_layers: blocks of the temporal encoder.
+        temporal_init: ``"clip_text"`` (the reference default: at :meth:`attach`, blocks from
+            CLIP's text layers 0..temporal_layers-1, positions from its text position embedding,
+            so ``max_frames`` ≤ 77) or ``"identity"`` (every block the identity at first); see
+            :func:`tvrbench.temporal.initialise_temporal`. A ``clip_text`` that does not fit the
+            backbone falls back to ``identity``; the note in ``init_notes`` says so and why.
         tau: GLIM softmax temperature on raw dot products.
         pool_temperature: softmax temperature of the word/frame poolings.
         csc_weight: η, weight of the CSC loss (0 disables it).
@@ -162,12 +131,17 @@ class GLCCLHead(RetrievalHead):
 
     scores_in_float32 = True  # its scoring upcasts to float32 with autocast off (SPEC §2.7)
 
+    #: Reference methods of the ablation table (report): X-CLIP is GLCCL without GLIM and CSC
+    #: (SPEC §2.5), so "X-CLIP → + GLIM → + CSC = GLCCL" with the ``glccl_*`` variants.
+    ABLATION_BASELINES = ("xclip",)
+
     def __init__(
         self,
         dim: int,
         max_words: int = 32,
         max_frames: int = 64,
         temporal_layers: int = 4,
+        temporal_init: str = "clip_text",
         tau: float = 5.0,
         pool_temperature: float = 0.01,
         csc_weight: float = 0.5,
@@ -175,6 +149,7 @@ class GLCCLHead(RetrievalHead):
         use_temporal: bool = True,
     ) -> None:
         super().__init__()
+        self.temporal_init = checked_temporal_init(temporal_init)
         self.dim, self.max_words, self.max_frames = dim, max_words, max_frames
         self.tau, self.pool_temperature = tau, pool_temperature
         self.csc_weight, self.mask_padding = csc_weight, mask_padding
@@ -443,72 +418,11 @@ def glccl_reference_scores(head: GLCCLHead, text: State, video: State) -> Tensor
     return torch.stack([s_vs, s_vw, s_sf, s_fw])
 
 
-# ---------------------------------------------------------------------------------- module
-
-
-class GLCCLModule(RetrievalModule):
-    """GLCCL on the shared retrieval base (CLIP backbone, InfoNCE + η·CSC, evaluation).
-
-    Args:
-        max_words: text length the L×L pooling matrices are built for.
-        max_frames: frame positions of the temporal encoder.
-        temporal_layers: temporal transformer blocks.
-        tau: GLIM temperature.
-        csc_weight: η.
-        mask_padding: mask padded frames/words (False: reference behaviour).
-        use_temporal: apply the temporal encoder.
-        temporal_init: ``"clip_text"`` (the reference default: blocks from CLIP's text layers
-            0..temporal_layers-1, positions from its text position embedding, so
-            ``max_frames`` ≤ 77) or ``"identity"`` (every block the identity at first); see
-            :func:`tvrbench.temporal.initialise_temporal`. A ``clip_text`` that does not fit the
-            backbone falls back to ``identity``; the note in ``init_notes`` says so and why.
-        **kwargs: :class:`tvrbench.retrieval.RetrievalModule` arguments (``clip``, ``lr``, ...).
-    """
-
-    #: Reference methods of the ablation table (report): X-CLIP is GLCCL without GLIM and CSC
-    #: (SPEC §2.5), so "X-CLIP → + GLIM → + CSC = GLCCL" with the ``glccl_*`` variants.
-    ABLATION_BASELINES = ("xclip",)
-
-    def __init__(
-        self,
-        max_words: int = 32,
-        max_frames: int = 64,
-        temporal_layers: int = 4,
-        tau: float = 5.0,
-        csc_weight: float = 0.5,
-        mask_padding: bool = True,
-        use_temporal: bool = True,
-        temporal_init: str = "clip_text",
-        **kwargs,
-    ) -> None:
-        if temporal_init not in TEMPORAL_INITS:
-            raise ValueError(
-                f"temporal_init: {temporal_init!r} is not one of {', '.join(TEMPORAL_INITS)}"
-            )
-        super().__init__(**kwargs)
-        self.head = GLCCLHead(
-            self.backbone.embed_dim,
-            max_words=max_words,
-            max_frames=max_frames,
-            temporal_layers=temporal_layers,
-            tau=tau,
-            csc_weight=csc_weight,
-            mask_padding=mask_padding,
-            use_temporal=use_temporal,
-        )
-        self.init_notes.append(
-            initialise_head_temporal(self.head.temporal, temporal_init, self.backbone.clip)
-        )
-
-
 __all__ = [
     "GLCCLHead",
-    "GLCCLModule",
     "GLCCLShapeError",
     "TemporalEncoder",
-    "attention_pool",
     "csc_loss",
     "glccl_reference_scores",
     "glim_pool",
-    "masked_softmax",
 ]

@@ -2,11 +2,12 @@
 
 A method is ``configs/method/<name>.yaml`` (the tiny same-budget recipe) and, for real CLIP,
 ``<name>_published.yaml``; each holds a ``model: {class_path, init_args}`` section naming a
-:class:`~tvrbench.retrieval.RetrievalModule` (and optionally ``trainer`` / ``data`` sections the
-published recipe applies). The benchmark (:mod:`tvrbench.bench.config`) and the benchmark scripts
-(``benchmarks/scoring.py``, ``benchmarks/train_step.py``, ``benchmarks/gpu_check.py``) find and
-build methods only through this module, so a method added as one file + one config is picked up
-everywhere by its name.
+:class:`~tvrbench.retrieval.RetrievalModule` (the shared one, or a subclass where the module itself
+differs) whose ``init_args`` name the method's head, ``head: {class_path, init_args}``; optionally
+``trainer`` / ``data`` sections the published recipe applies. The benchmark
+(:mod:`tvrbench.bench.config`) and the benchmark scripts (``benchmarks/scoring.py``,
+``benchmarks/train_step.py``, ``benchmarks/gpu_check.py``) find and build methods only through
+this module, so a method added as one file + one config is picked up everywhere by its name.
 
 >>> from pathlib import Path
 >>> import tempfile
@@ -24,15 +25,16 @@ MethodConfigError: method b: no config .../b.yaml (methods there: a)
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from tvrbench.retrieval import RetrievalModule
+    from tvrbench.retrieval import RetrievalHead, RetrievalModule
 
 #: Where the method configs live, relative to the repository root (the working directory of
 #: ``make`` targets and of the bench's ``method_config_dir`` default).
@@ -170,37 +172,76 @@ def accepted_arguments(cls: type) -> set[str]:
     return names
 
 
+def head_section(model: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``head: {class_path, init_args}`` of a model section, or None where the config names
+    no head (a module subclass with a default head)."""
+    head = (model.get("init_args") or {}).get("head")
+    return head if isinstance(head, dict) and "class_path" in head else None
+
+
+def head_factory(head: dict[str, Any]) -> Callable[[int], RetrievalHead]:
+    """``{class_path, init_args}`` → the factory :class:`~tvrbench.retrieval.RetrievalModule`
+    calls with the embedding width D (what LightningCLI makes of the same section)."""
+    return functools.partial(class_of(head["class_path"]), **(head.get("init_args") or {}))
+
+
+def method_attribute(class_path: str, init_args: dict[str, Any] | None, name: str) -> Any:
+    """Class attribute ``name`` (e.g. ``PUBLISHED_DIDEMO_T2V``) of a configured method: the module
+    class's where it sets one (a module subclass such as CenterCLIP's, whose head is meanP's),
+    else the head class's (``init_args.head``); None where neither sets it or a class cannot be
+    imported."""
+    head = head_section({"init_args": init_args or {}})
+    for path in (class_path, *([head["class_path"]] if head is not None else [])):
+        try:
+            cls = class_of(path)
+        except MethodConfigError:
+            return None
+        if hasattr(cls, name):
+            return getattr(cls, name)
+    return None
+
+
 def place_data_shape(
     model: dict[str, Any], *, max_words: int | None = None, max_frames: int | None = None
 ) -> dict[str, Any]:
     """The model section with the data's ``max_words`` / ``max_frames`` (the data config owns
-    them) set where the method takes them (its word/frame tables and positions); a method
-    without such tables is left as it is. Returns a new dict."""
+    them) set where the method takes them (its word/frame tables and positions): in the head's
+    ``init_args`` where the head class takes them, else in the module's where a module class
+    takes them; a method without such tables is left as it is. Returns a new dict."""
     out = copy.deepcopy(model)
-    accepted = accepted_arguments(class_of(out["class_path"]))
-    args = out.setdefault("init_args", {})
+    head = head_section(out)
+    owner = head if head is not None else out
+    accepted = accepted_arguments(class_of(owner["class_path"]))
     for key, value in (("max_words", max_words), ("max_frames", max_frames)):
         if value is not None and key in accepted:
-            args[key] = int(value)
+            owner.setdefault("init_args", {})[key] = int(value)
     return out
 
 
 def check_arguments(model: dict[str, Any], where: str | Path) -> None:
     """A one-line :class:`MethodConfigError` naming every ``init_args`` key the module class
-    does not take (``where``: the config it came from)."""
-    unknown = sorted(
-        set(model.get("init_args") or {}) - accepted_arguments(class_of(model["class_path"]))
-    )
-    if unknown:
-        raise MethodConfigError(
-            f"{where}: {model['class_path']} takes no argument {', '.join(unknown)}"
-        )
+    (or, under ``head``, the head class) does not take (``where``: the config it came from)."""
+    sections: list[tuple[dict[str, Any], set[str]]] = [(model, set())]
+    head = head_section(model)
+    if head is not None:
+        sections.append((head, {"dim"}))  # the module passes D
+    for section, passed in sections:
+        accepted = accepted_arguments(class_of(section["class_path"])) - passed
+        unknown = sorted(set(section.get("init_args") or {}) - accepted)
+        if unknown:
+            raise MethodConfigError(
+                f"{where}: {section['class_path']} takes no argument {', '.join(unknown)}"
+            )
 
 
 def build_module(model: dict[str, Any]) -> RetrievalModule:
-    """``class_path(**init_args)`` of a model section (seed before calling: heads initialise
-    from the global generator)."""
-    return class_of(model["class_path"])(**(model.get("init_args") or {}))
+    """``class_path(**init_args)`` of a model section, its ``head`` section made the factory
+    the module calls (seed before calling: heads initialise from the global generator)."""
+    args = dict(model.get("init_args") or {})
+    head = head_section(model)
+    if head is not None:
+        args["head"] = head_factory(head)
+    return class_of(model["class_path"])(**args)
 
 
 def create_module(
@@ -212,8 +253,8 @@ def create_module(
     **init_args: Any,
 ) -> RetrievalModule:
     """Method ``name`` built from its tiny-recipe config: ``max_words`` / ``max_frames`` where
-    the method takes them (:func:`place_data_shape`), then ``init_args`` on top (``clip``,
-    ``clip_checkpoint``, ...).
+    the method takes them (:func:`place_data_shape`), then ``init_args`` on top (module
+    arguments: ``clip``, ``clip_checkpoint``, ...).
 
     Raises:
         MethodConfigError: unknown name, unusable config or an argument the method does not take.

@@ -1,6 +1,7 @@
 """The shared retrieval base: a plain ``RetrievalHead`` per method and one LightningModule.
 
-Every method is ``RetrievalModule`` subclass + its ``RetrievalHead``. The module owns the CLIP
+A method is its ``RetrievalHead``, injected into the one ``RetrievalModule`` (a subclass only where
+the module itself differs, e.g. CenterCLIP's clustering inside the ViT). The module owns the CLIP
 backbone, training (symmetric InfoNCE on features all-gathered across DDP ranks, parameter groups,
 warm-up + cosine schedule) and evaluation (gather every embedding, undo distributed-sampler
 padding, full similarity matrix in memory-bounded chunks, metrics overall and per length bucket).
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar, Literal, cast
 
@@ -37,6 +39,12 @@ class RetrievalHead(nn.Module):
     #: True when :meth:`score` computes in float32 whatever its inputs' dtype (upcasts inside,
     #: autocast off: e.g. softmaxes at temperature 0.01); benchmarks label such heads' rows.
     scores_in_float32: ClassVar[bool] = False
+
+    def attach(self, backbone: ClipBackbone) -> list[str]:
+        """Called once by :class:`RetrievalModule`, after it has built the backbone and this
+        head: initialise from the backbone what the method takes from it (e.g. a temporal
+        encoder from CLIP's text tower). Returns notes for the module's ``init_notes``."""
+        return []
 
     def video_state(self, frame_emb: Tensor, frame_mask: Tensor) -> State:
         """``frame_emb [Bv, N, D]``, ``frame_mask [Bv, N]`` → query-independent video state."""
@@ -74,6 +82,12 @@ class RetrievalHead(nn.Module):
         """Multiply-adds per pair of the method's reference implementation (the official
         code's way of scoring), or None when it is the same as :meth:`pair_flops`."""
         return None
+
+
+#: A method's head, injected into :class:`RetrievalModule`: called with the backbone's joint
+#: embedding width D once the backbone is built. In a config, ``head: {class_path: <a
+#: RetrievalHead subclass>, init_args: {...}}`` (every argument but ``dim``).
+HeadFactory = Callable[[int], RetrievalHead]
 
 
 def load_backbone(clip: str = TINY, clip_checkpoint: str | None = None) -> ClipBackbone:
@@ -147,9 +161,14 @@ def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:
 
 
 class RetrievalModule(L.LightningModule):
-    """Shared LightningModule of every method; a subclass sets ``self.head``.
+    """Shared LightningModule of every method: the CLIP backbone and the method's head.
 
     Args:
+        head: the method's head, built as ``head(D)`` right after the backbone (so the random
+            numbers every head draws follow the backbone's), then attached to it once
+            (:meth:`RetrievalHead.attach`, whose notes start ``init_notes``). Configs name it as
+            ``head: {class_path, init_args}``; the factory itself is not kept among the
+            hyperparameters (LightningCLI records that configuration there, :mod:`tvrbench.train`).
         clip: ``"tiny"``, a local ``save_pretrained`` directory, or a cached hub id.
         clip_checkpoint: optional ``.pt`` state dict of the ``CLIPModel`` to start from (e.g. the
             benchmark's pretrained tiny CLIP).
@@ -171,6 +190,7 @@ class RetrievalModule(L.LightningModule):
 
     def __init__(
         self,
+        head: HeadFactory,
         clip: str = TINY,
         clip_checkpoint: str | None = None,
         lr: float = 1e-4,
@@ -186,7 +206,9 @@ class RetrievalModule(L.LightningModule):
         activation_checkpointing: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        # The head factory is code, not data: checkpoints keep plain hyperparameters only, so they
+        # load with torch.load(weights_only=True).
+        self.save_hyperparameters(ignore=["head"])
         self.activation_checkpointing = parse_activation_checkpointing(activation_checkpointing)
         #: The resolved setting of the last ``fit`` (None before one), and why.
         self.activation_checkpointing_used: bool | None = None
@@ -196,13 +218,13 @@ class RetrievalModule(L.LightningModule):
             self.backbone.requires_grad_(False)
         if freeze_clip_input_layers:
             self.backbone.freeze_input_layers()
-        self.head: RetrievalHead
+        self.head: RetrievalHead = head(self.backbone.embed_dim)
         self._eval_outputs: dict[str, list[Tensor]] = defaultdict(list)
         self._eval_text_keys: list[str] = []
         self._eval_video_keys: list[str] = []
         #: What construction decided that a result should record (e.g. how a temporal encoder
         #: was initialised, or a fallback taken); written to results.json by the benchmark.
-        self.init_notes: list[str] = []
+        self.init_notes: list[str] = list(self.head.attach(self.backbone))
         #: The last evaluation: stage, ranks, bucket ids and names, metrics (read by the runner).
         self.last_eval: dict[str, Any] = {}
 

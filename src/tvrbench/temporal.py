@@ -300,16 +300,6 @@ def copy_clip_text_layer(block: TemporalBlock, layer: Any, text_config: Any) -> 
     block.set_activation(str(text_config.hidden_act))
 
 
-def initialise_head_temporal(
-    encoder: TemporalEncoder | None, how: str, clip_model: nn.Module
-) -> str:
-    """:func:`initialise_temporal` for a head's optional encoder (None: ``use_temporal=False``);
-    returns the note a module records in ``init_notes``."""
-    if encoder is None:
-        return "temporal encoder: off (use_temporal=False)"
-    return initialise_temporal(encoder, how, clip_model)
-
-
 def initialise_temporal(encoder: TemporalEncoder, how: str, clip_model: nn.Module) -> str:
     """Initialise ``encoder`` as ``how`` says and return a one-line note for the results.
 
@@ -358,6 +348,5 @@ __all__ = [
     "TemporalEncoder",
     "TemporalShapeError",
     "copy_clip_text_layer",
-    "initialise_head_temporal",
     "initialise_temporal",
 ]

@@ -1,9 +1,11 @@
 """``tvrbench fit|validate|test``: Lightning's own CLI over every method and the DiDeMo DataModule.
 
 Configs compose: ``tvrbench fit --config configs/method/glccl.yaml --config
-configs/data/synthetic.yaml --config configs/trainer/cpu.yaml``. Any method (a
-:class:`~tvrbench.retrieval.RetrievalModule` subclass) is chosen by its ``class_path``; CPU, GPU,
-one process or DDP are trainer settings (``--trainer.accelerator``, ``--trainer.devices``,
+configs/data/synthetic.yaml --config configs/trainer/cpu.yaml``. Any method (the
+:class:`~tvrbench.retrieval.RetrievalModule`, or a subclass, with its ``head``) is chosen by its
+``class_path``; the data config owns ``max_words`` / ``max_frames``, and they reach the head (its
+word/frame tables and positions) as :func:`tvrbench.methods.place_data_shape` places them. CPU,
+GPU, one process or DDP are trainer settings (``--trainer.accelerator``, ``--trainer.devices``,
 ``--trainer.strategy ddp``, ``--trainer.num_nodes``), no code changes.
 """
 
@@ -37,7 +39,9 @@ def lightning_cli(args: list[str] | dict[str, Any], run: bool):
 
     class TvrbenchCLI(LightningCLI):
         """LightningCLI + ``--float32_matmul_precision`` (``highest`` by default: float32
-        means float32, not TF32, on Ampere/Hopper), set before anything is built."""
+        means float32, not TF32, on Ampere/Hopper), set before anything is built; the data's
+        ``max_words`` / ``max_frames`` placed in the model config (:func:`place_data_shape_in`);
+        the head's configuration recorded among the module's hyperparameters."""
 
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_argument(
@@ -50,6 +54,16 @@ def lightning_cli(args: list[str] | dict[str, Any], run: bool):
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             set_float32_precision(config["float32_matmul_precision"])
+            place_data_shape_in(config)
+
+        def after_instantiate_classes(self) -> None:
+            # The module keeps no head factory among its hyperparameters (code, not data); the
+            # head's configuration is data: checkpoints record the head they were trained with,
+            # and `tvrbench test --ckpt_path` rebuilds the model from them.
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            head = config.get("model.init_args.head")
+            if head is not None and self.model is not None:
+                self.model.hparams["head"] = head.as_dict()
 
     return TvrbenchCLI(
         RetrievalModule,
@@ -61,6 +75,28 @@ def lightning_cli(args: list[str] | dict[str, Any], run: bool):
         auto_configure_optimizers=False,
         **extra,
     )
+
+
+def place_data_shape_in(config: Any) -> None:
+    """Set the data's ``max_words`` / ``max_frames`` in a parsed LightningCLI config (a
+    jsonargparse Namespace with ``model`` and ``data``) where the method takes them, as
+    :func:`tvrbench.methods.place_data_shape` decides (in the head's ``init_args``, usually). A
+    data config without them (cached features) leaves the model as configured."""
+    from tvrbench.methods import place_data_shape
+
+    data_args = config.get("data.init_args")
+    if config.get("model") is None or data_args is None:
+        return
+    shape = {key: data_args.get(key) for key in ("max_words", "max_frames")}
+    placed = place_data_shape(config.model.as_dict(), **shape)
+    sections = {"model.init_args": placed.get("init_args") or {}}
+    head = sections["model.init_args"].get("head")
+    if isinstance(head, dict):
+        sections["model.init_args.head.init_args"] = head.get("init_args") or {}
+    for prefix, args in sections.items():
+        for key in shape:
+            if key in args:
+                config[f"{prefix}.{key}"] = args[key]
 
 
 def instantiate(config: dict[str, Any]):

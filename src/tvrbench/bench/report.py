@@ -44,7 +44,7 @@ PROTOCOL_DESCRIPTIONS = {
     ),
 }
 METRIC = "t2v_R@1"
-#: The metrics the methods' papers report for DiDeMo (the keys of each baseline's ``PUBLISHED``).
+#: The metrics the methods' papers report for DiDeMo (the keys of each ``PUBLISHED_DIDEMO_T2V``).
 PUBLISHED_METRICS = ("R@1", "R@5", "R@10", "MdR", "MnR")
 NOT_MEASURED = "1 seed: training variance not measured"
 RanksBySeed = Mapping[str, Mapping[Any, Any]]
