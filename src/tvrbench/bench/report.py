@@ -196,6 +196,11 @@ def _main_cell(r: pd.Series, metric: Metric, several: bool) -> str:
     return _fmt(r.get(column), metric.digits)
 
 
+def _metric_cell(metric: Metric, several: bool) -> Callable[[pd.Series], str]:
+    """The main table's cell function of one t2v registry metric."""
+    return lambda r: _main_cell(r, metric, several)
+
+
 def _per_seed_table(results: pd.DataFrame, seeds: list[Any]) -> list[str]:
     """t2v R@1 of every training seed, one row per method × bucket."""
     rows = per_seed_rows(results)
@@ -623,10 +628,7 @@ def render_report(
         Column("n", number("n_queries")),
         Column("dur s", number("mean_duration_s")),
         Column("frames", number("mean_frames")),
-        *(
-            Column(_main_header(m.name, spread), lambda r, m=m: _main_cell(r, m, several))
-            for m in shown
-        ),
+        *(Column(_main_header(m.name, spread), _metric_cell(m, several)) for m in shown),
         Column("v2t R@1", number("v2t_R@1")),
         Column("v2t MnR", number("v2t_MnR")),
         Column("chance R@1", number("chance_R@1", 2)),
