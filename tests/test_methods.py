@@ -87,3 +87,40 @@ def test_published_numbers_and_ablation_baselines_come_from_the_head():
     assert published["centerclip"] is None and published["glccl"] is None
     assert attribute("glccl_no_csc", "ABLATION_BASELINES") == ("xclip",)
     assert methods.method_attribute("nowhere.Ghost", {}, "PUBLISHED_DIDEMO_T2V") is None
+
+
+def test_an_older_runs_module_config_builds_todays_module_with_the_same_parameters():
+    """Saved configs of runs made before heads were injected name per-method module classes
+    that take their head's arguments (the committed runs' configs look like this)."""
+    old = {
+        "class_path": "baselines.glscl.GLSCLModule",
+        "init_args": {
+            "clip": "tiny",
+            "lr": 1e-3,
+            "max_frames": 6,
+            "temporal_layers": 2,
+            "temporal_init": "identity",
+            "num_queries": 4,
+            "ffn_dim": 64,
+        },
+    }
+    new = methods.upgrade_model_config(old)
+    assert new["class_path"] == "tvrbench.retrieval.RetrievalModule"
+    assert new["init_args"]["lr"] == 1e-3 and "max_frames" not in new["init_args"]
+    head = new["init_args"]["head"]
+    assert head["class_path"] == "baselines.glscl.GLSCLHead"
+    assert head["init_args"]["num_queries"] == 4 and head["init_args"]["max_frames"] == 6
+    upgraded = methods.build_module(new)
+    # The same parameter names and shapes as a module built from today's config.
+    current = methods.load_method("glscl", CONFIG_DIR).model()
+    current = methods.place_data_shape(current, max_frames=6)
+    current["init_args"]["head"]["init_args"].update(temporal_layers=2, num_queries=4, ffn_dim=64)
+    reference = methods.build_module(current)
+    shapes = {k: tuple(v.shape) for k, v in upgraded.state_dict().items()}
+    assert shapes == {k: tuple(v.shape) for k, v in reference.state_dict().items()}
+    # The report finds the published numbers of an older record's method.
+    published = methods.method_attribute(
+        old["class_path"], old["init_args"], "PUBLISHED_DIDEMO_T2V"
+    )
+    assert published is not None and published["R@1"] == 46.7
+    assert methods.upgrade_model_config(current) == current  # today's sections stay as they are

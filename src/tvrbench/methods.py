@@ -172,6 +172,35 @@ def accepted_arguments(cls: type) -> set[str]:
     return names
 
 
+#: Module classes of runs made before heads were injected → their head class (the saved configs
+#: of older runs name them; :func:`upgrade_model_config`).
+LEGACY_MODULE_HEADS = {
+    "baselines.meanp.MeanPModule": "baselines.meanp.MeanPHead",
+    "baselines.xpool.XPoolModule": "baselines.xpool.XPoolHead",
+    "baselines.xclip.XCLIPModule": "baselines.xclip.XCLIPHead",
+    "baselines.glscl.GLSCLModule": "baselines.glscl.GLSCLHead",
+    "tvrbench.glccl.GLCCLModule": "tvrbench.glccl.GLCCLHead",
+}
+RETRIEVAL_MODULE = "tvrbench.retrieval.RetrievalModule"
+
+
+def upgrade_model_config(model: dict[str, Any]) -> dict[str, Any]:
+    """A model section of an older run (a per-method module class taking its head's arguments)
+    as today's ``RetrievalModule`` + ``head`` section: the arguments the shared module takes
+    stay, the rest become the head's. Parameter names are unchanged, so the run's checkpoints
+    load into the result. Any other section is returned as it is (a copy)."""
+    out = copy.deepcopy(model)
+    head_path = LEGACY_MODULE_HEADS.get(str(out.get("class_path")))
+    if head_path is None:
+        return out
+    shared = accepted_arguments(class_of(RETRIEVAL_MODULE))
+    args = out.get("init_args") or {}
+    head_args = {k: v for k, v in args.items() if k not in shared}
+    module_args = {k: v for k, v in args.items() if k in shared and k != "head"}
+    module_args["head"] = {"class_path": head_path, "init_args": head_args}
+    return {"class_path": RETRIEVAL_MODULE, "init_args": module_args}
+
+
 def head_section(model: dict[str, Any]) -> dict[str, Any] | None:
     """The ``head: {class_path, init_args}`` of a model section, or None where the config names
     no head (a module subclass with a default head)."""
@@ -190,8 +219,9 @@ def method_attribute(class_path: str, init_args: dict[str, Any] | None, name: st
     class's where it sets one (a module subclass such as CenterCLIP's, whose head is meanP's),
     else the head class's (``init_args.head``); None where neither sets it or a class cannot be
     imported."""
-    head = head_section({"init_args": init_args or {}})
-    for path in (class_path, *([head["class_path"]] if head is not None else [])):
+    model = upgrade_model_config({"class_path": class_path, "init_args": init_args or {}})
+    head = head_section(model)
+    for path in (model["class_path"], *([head["class_path"]] if head is not None else [])):
         try:
             cls = class_of(path)
         except MethodConfigError:

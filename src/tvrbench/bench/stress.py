@@ -225,7 +225,7 @@ def complete_record(
     import yaml
 
     from tvrbench.bench.config import BenchConfigError, one_device, trainer_precision
-    from tvrbench.methods import load_checkpoint_weights
+    from tvrbench.methods import load_checkpoint_weights, upgrade_model_config
 
     todo = missing_lengths(record, settings.injected_lengths_s)
     if not todo or record.skipped:
@@ -235,6 +235,7 @@ def complete_record(
     if not path.is_file():
         raise BenchConfigError(f"{path}: no resolved config for {method}/seed{seed} in this run")
     config = yaml.safe_load(path.read_text())
+    config["model"] = upgrade_model_config(config["model"])  # an older run's module class
     checkpoint = str(record.checkpoint or "")
     if not Path(checkpoint).is_file():
         raise BenchConfigError(
