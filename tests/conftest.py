@@ -145,6 +145,16 @@ def decoded_videos(monkeypatch) -> list[str]:
     return calls
 
 
+@pytest.fixture()
+def counting_decode(decoded_videos, monkeypatch) -> list[str]:
+    """:func:`decoded_videos` with every DataModule decoding in this process, where the calls
+    are seen (its pool would take every CPU, in other processes)."""
+    from tvrbench.data.datamodule import DiDeMoDataModule
+
+    monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)
+    return decoded_videos
+
+
 # ------------------------------------------------------------------------ tiny benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]

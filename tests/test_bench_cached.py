@@ -6,37 +6,24 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, bench_argv, run_dir_of
 
 from tvrbench.bench.report import FAST_PROTOCOL_BANNER
 from tvrbench.bench.runner import build_parser, config_hash, main
 
-REPO = Path(__file__).resolve().parents[1]
-TINY = REPO / "configs" / "bench" / "tiny.yaml"
 METHODS = REPO / "configs" / "method"
 
 
-def bench_argv(tmp: Path) -> list[str]:
-    return [
-        "--config",
-        str(TINY),
-        "--protocol",
-        "cached_features",
-        "--methods",
-        "meanp,xpool,centerclip",
-        "--method_config_dir",
-        str(METHODS),
-        "--cache_dir",
-        str(tmp / "cache"),
-        "--out_dir",
-        str(tmp / "out"),
-    ]
+def cached_argv(tmp: Path) -> list[str]:
+    """The tiny benchmark under the cached-feature protocol, its runs under ``tmp/cached``."""
+    methods = ["--methods", "meanp,xpool,centerclip", "--method_config_dir", str(METHODS)]
+    return bench_argv(tmp, "--protocol", "cached_features", *methods, out="cached")
 
 
 def run_bench_quietly(argv: list[str]) -> tuple[int, str]:
@@ -47,13 +34,11 @@ def run_bench_quietly(argv: list[str]) -> tuple[int, str]:
 
 
 @pytest.fixture(scope="module")
-def cached_run(tmp_path_factory):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    tmp = tmp_path_factory.mktemp("bench-cached")
-    code, console = run_bench_quietly(bench_argv(tmp))
+def cached_run(bench_home):
+    """``(bench_home, run, console)``: :func:`cached_argv`'s run (on the session's data cache)."""
+    code, console = run_bench_quietly(cached_argv(bench_home))
     assert code == 0
-    (run,) = [p for p in (tmp / "out").iterdir() if p.is_dir()]
-    return tmp, run, console
+    return bench_home, run_dir_of(bench_home / "cached"), console
 
 
 def test_protocol_is_hashed():
@@ -64,7 +49,7 @@ def test_protocol_is_hashed():
 
 
 def test_unknown_protocol_is_a_config_error(tmp_path, capsys):
-    argv = [*bench_argv(tmp_path)[:2], "--protocol", "frozen", "--out_dir", str(tmp_path)]
+    argv = [*cached_argv(tmp_path)[:2], "--protocol", "frozen", "--out_dir", str(tmp_path)]
     assert main(argv) == 2
     assert "protocol: 'frozen' is not one of finetune, cached_features" in capsys.readouterr().err
 
@@ -196,7 +181,7 @@ def test_untrained_meanp_matches_numpy_on_the_cached_features(cached_run):
 def test_resume_keeps_the_skip(cached_run):
     tmp, run, _ = cached_run
     before = (run / "methods" / "centerclip" / "seed0.json").stat().st_mtime_ns
-    code, console = run_bench_quietly(bench_argv(tmp))
+    code, console = run_bench_quietly(cached_argv(tmp))
     assert code == 0
     assert "3 (method, seed) done; 0 to run" in console
     assert (run / "methods" / "centerclip" / "seed0.json").stat().st_mtime_ns == before
@@ -282,14 +267,14 @@ def test_given_checkpoints_are_tested_or_skipped_by_backbone(cached_run, tmp_pat
     other = tmp_path / "other-backbone.ckpt"
     torch.save(ckpt, other)
     for name, path in (("same", trained["checkpoint"]), ("other", str(other))):
-        argv = [*bench_argv(tmp), "--methods", "xpool", "--run_name", name]
+        argv = [*cached_argv(tmp), "--methods", "xpool", "--run_name", name]
         code, console = run_bench_quietly([*argv, "--checkpoints", json.dumps({"xpool": path})])
         assert code == 0
-        results = json.loads((tmp / "out" / name / "results.json").read_text())
+        results = json.loads((tmp / "cached" / name / "results.json").read_text())
         if name == "same":
             assert not results["skipped"]
             again = json.loads(
-                (tmp / "out" / name / "methods" / "xpool" / "seed0.json").read_text()
+                (tmp / "cached" / name / "methods" / "xpool" / "seed0.json").read_text()
             )
             assert again["ranks"] == trained["ranks"]
         else:

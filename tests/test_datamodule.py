@@ -37,13 +37,6 @@ def _dm(root, tokenizer_dir, cache, **kw) -> DiDeMoDataModule:
     return DiDeMoDataModule(str(root), **args)
 
 
-@pytest.fixture()
-def counting_decode(decoded_videos, monkeypatch):
-    # decode in this process, where the calls are seen (the pool would take every CPU)
-    monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)
-    return decoded_videos
-
-
 def test_batch_contract(tiny_didemo, tiny_tokenizer_dir, tmp_path):
     dm = _dm(tiny_didemo, tiny_tokenizer_dir, tmp_path / "cache", num_workers=1)
     dm.setup("fit")

@@ -39,41 +39,30 @@ def _synthetic_dm(root, cache_dir, **kwargs):
     )
 
 
-def _run(root, cache_dir, devices: int) -> dict[str, float]:
+#: The Trainer settings every run here shares (``devices`` and the strategy aside).
+QUIET = {
+    "accelerator": "cpu",
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+
+
+def _test_metrics(trainer, root, cache_dir) -> dict[str, float]:
+    """meanP (seed 0) tested on the synthetic set's test split by ``trainer``."""
     import lightning as L
 
     L.seed_everything(0)
     dm = _synthetic_dm(root, cache_dir, eval_batch_size=2)
     model = RetrievalModule(head=MeanPHead, clip="tiny")
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=devices,
-        strategy="ddp_spawn" if devices > 1 else "auto",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
     (metrics,) = trainer.test(model, datamodule=dm, verbose=False)
     return metrics
 
 
-def test_two_process_test_metrics_equal_one_process(synth_root, tmp_path):
-    single = _run(synth_root, tmp_path / "cache", devices=1)
-    double = _run(synth_root, tmp_path / "cache", devices=2)
-    n = single["test/n_queries"]
-    assert n % 2 == 1, "the split must not divide by 2 for this test to mean anything"
-    assert double["test/n_queries"] == n
-    assert set(single) == set(double)
-    for key, value in single.items():
-        assert double[key] == pytest.approx(value, abs=1e-6), key
-    assert any(k.startswith("test/bucket=") for k in single)
-    assert torch.isfinite(torch.tensor(list(single.values()))).all()
-
-
 class BatchSpyModule(RetrievalModule):
     """MeanP whose every rank writes the batch it loaded and the logits its loss saw to
-    ``out_dir/rank<r>.json`` (module level: ddp_spawn pickles it)."""
+    ``out_dir/rank<r>.json``."""
 
     def __init__(self, out_dir: str, **kwargs) -> None:
         super().__init__(head=MeanPHead, **kwargs)
@@ -106,28 +95,76 @@ class BatchSpyModule(RetrievalModule):
         return loss
 
 
-def test_global_batch_is_split_across_ranks_and_the_loss_sees_all_of_it(synth_root, tmp_path):
-    """batch_size is the global contrastive batch: 2 processes load 2 each, InfoNCE scores 4×4."""
+def _rank(rank: int, port: int, root: str, out_dir: str) -> None:
+    """One of 2 gloo ranks, started as torchrun starts them: with ``LOCAL_RANK`` set, Lightning
+    joins the process group instead of starting processes, so one start of the two (each
+    imports torch and Lightning again) serves a fit and a test. The fit: one step of
+    :class:`BatchSpyModule` on a global batch of 4; the test: :func:`_test_metrics`, written
+    to ``out_dir/metrics.json`` by rank 0."""
     import json
+    import os
+    from pathlib import Path
 
     import lightning as L
 
-    L.seed_everything(0)
-    dm = _synthetic_dm(synth_root, tmp_path / "cache", batch_size=4)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        devices=2,
-        strategy="ddp_spawn",
-        max_steps=1,
-        limit_val_batches=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE="2",
+        NODE_RANK="0",
+        LOCAL_RANK=str(rank),
+        RANK=str(rank),
     )
-    trainer.fit(BatchSpyModule(str(tmp_path), clip="tiny"), datamodule=dm)
+    cache_dir = Path(out_dir) / "cache"
+    L.seed_everything(0)
+    dm = _synthetic_dm(root, cache_dir, batch_size=4)
+    trainer = L.Trainer(devices=2, strategy="ddp", max_steps=1, limit_val_batches=0, **QUIET)
+    trainer.fit(BatchSpyModule(out_dir, clip="tiny"), datamodule=dm)
+    metrics = _test_metrics(L.Trainer(devices=2, strategy="ddp", **QUIET), root, cache_dir)
+    if rank == 0:
+        (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def two_ranks(synth_root, tmp_path_factory):
+    """``(one process's test metrics, the 2-rank run's folder)``: the 2 ranks of :func:`_rank`
+    after one process filled the frame cache and tested."""
+    import socket
+
+    import lightning as L
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    single = _test_metrics(L.Trainer(devices=1, **QUIET), synth_root, out / "cache")
+    with socket.socket() as sock:  # a free port for the ranks' rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_rank, args=(port, str(synth_root), str(out)), nprocs=2, join=True)
+    return single, out
+
+
+def test_two_process_test_metrics_equal_one_process(two_ranks):
+    import json
+
+    single, out = two_ranks
+    double = json.loads((out / "metrics.json").read_text())
+    n = single["test/n_queries"]
+    assert n % 2 == 1, "the split must not divide by 2 for this test to mean anything"
+    assert double["test/n_queries"] == n
+    assert set(single) == set(double)
+    for key, value in single.items():
+        assert double[key] == pytest.approx(value, abs=1e-6), key
+    assert any(k.startswith("test/bucket=") for k in single)
+    assert torch.isfinite(torch.tensor(list(single.values()))).all()
+
+
+def test_global_batch_is_split_across_ranks_and_the_loss_sees_all_of_it(two_ranks):
+    """batch_size is the global contrastive batch: 2 processes load 2 each, InfoNCE scores 4×4."""
+    import json
+
+    _, out = two_ranks
     for rank in (0, 1):
-        record = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        record = json.loads((out / f"rank{rank}.json").read_text())
         assert record["local"] == record["per_device"] == 2, record
         assert record["logits"] == [4, 4], record
         assert record["frames_dtype_on_module"] == "torch.float32", record

@@ -299,17 +299,9 @@ def test_closed_form_equals_the_sampler():
 
 
 def test_full_grids_decoded_once_for_every_length(
-    coded_didemo, tiny_tokenizer_dir, tmp_path, monkeypatch
+    coded_didemo, tiny_tokenizer_dir, tmp_path, counting_decode
 ):
-    calls: list[str] = []
-    real = video_lib.decode_video
-
-    def counting(path, *args, **kwargs):
-        calls.append(Path(path).name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(video_lib, "decode_video", counting)
-    monkeypatch.setattr(DiDeMoDataModule, "decode_processes", lambda self: 1)  # count in-process
+    calls = counting_decode
     dm = _dm(coded_didemo, tiny_tokenizer_dir, tmp_path / "cache", 4)
     dm.setup_split("test")
     dm.setup_split("val")
@@ -325,7 +317,7 @@ def test_full_grids_decoded_once_for_every_length(
     # ... and it is the grid a direct decode gives
     store = source_frames(dm)
     for i, v in enumerate(dm.dataset("test").videos):
-        direct = real(v.path, full_grid_sampling(dm.sampling), dm.reader).frames
+        direct = video_lib.decode_video(v.path, full_grid_sampling(dm.sampling), dm.reader).frames
         np.testing.assert_array_equal(store.get("test", i), direct)
 
 
