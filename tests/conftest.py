@@ -155,6 +155,21 @@ def counting_decode(decoded_videos, monkeypatch) -> list[str]:
     return decoded_videos
 
 
+def quiet_trainer(**settings):
+    """A CPU Lightning ``Trainer`` without logger, checkpoints, progress bar or model summary;
+    ``settings`` add to these or override them."""
+    import lightning as L
+
+    quiet = {
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
+    return L.Trainer(**{**quiet, **settings})
+
+
 # ------------------------------------------------------------------------ tiny benchmark runs
 
 REPO = Path(__file__).resolve().parents[1]

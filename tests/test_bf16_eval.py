@@ -3,9 +3,9 @@ run in autocast, but evaluation states, similarities and ranks are float32."""
 
 from __future__ import annotations
 
-import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 from head_inputs import TINY_METHODS, tiny_method
 
 from tvrbench.data.datamodule import DiDeMoDataModule
@@ -37,14 +37,7 @@ def datamodule(tiny_didemo, tmp_path_factory):
 @pytest.mark.parametrize("name", list(METHODS))
 def test_validate_and_test_in_bf16_mixed_evaluate_in_float32(name, datamodule):
     module = _module(name)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        precision="bf16-mixed",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(precision="bf16-mixed")
     for run, stage in ((trainer.validate, "val"), (trainer.test, "test")):
         run(module, datamodule=datamodule, verbose=False)
         ev = module.last_eval

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from baselines.meanp import MeanPHead
 from tvrbench.retrieval import RetrievalModule
@@ -37,16 +38,6 @@ def _synthetic_dm(root, cache_dir, **kwargs):
         cache_dir=str(cache_dir),
         **kwargs,
     )
-
-
-#: The Trainer settings every run here shares (``devices`` and the strategy aside).
-QUIET = {
-    "accelerator": "cpu",
-    "logger": False,
-    "enable_checkpointing": False,
-    "enable_progress_bar": False,
-    "enable_model_summary": False,
-}
 
 
 def _test_metrics(trainer, root, cache_dir) -> dict[str, float]:
@@ -118,9 +109,9 @@ def _rank(rank: int, port: int, root: str, out_dir: str) -> None:
     cache_dir = Path(out_dir) / "cache"
     L.seed_everything(0)
     dm = _synthetic_dm(root, cache_dir, batch_size=4)
-    trainer = L.Trainer(devices=2, strategy="ddp", max_steps=1, limit_val_batches=0, **QUIET)
+    trainer = quiet_trainer(devices=2, strategy="ddp", max_steps=1, limit_val_batches=0)
     trainer.fit(BatchSpyModule(out_dir, clip="tiny"), datamodule=dm)
-    metrics = _test_metrics(L.Trainer(devices=2, strategy="ddp", **QUIET), root, cache_dir)
+    metrics = _test_metrics(quiet_trainer(devices=2, strategy="ddp"), root, cache_dir)
     if rank == 0:
         (Path(out_dir) / "metrics.json").write_text(json.dumps(metrics))
 
@@ -131,11 +122,10 @@ def two_ranks(synth_root, tmp_path_factory):
     after one process filled the frame cache and tested."""
     import socket
 
-    import lightning as L
     import torch.multiprocessing as mp
 
     out = tmp_path_factory.mktemp("ddp")
-    single = _test_metrics(L.Trainer(devices=1, **QUIET), synth_root, out / "cache")
+    single = _test_metrics(quiet_trainer(devices=1), synth_root, out / "cache")
     with socket.socket() as sock:  # a free port for the ranks' rendezvous
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

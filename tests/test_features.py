@@ -8,6 +8,7 @@ from functools import partial
 import lightning as L
 import pytest
 import torch
+from conftest import quiet_trainer
 
 from baselines.meanp import MeanPHead
 from baselines.xpool import XPoolHead
@@ -170,13 +171,7 @@ def test_head_only_training_runs_on_cached_features(name, feature_files):
         val_path=str(feature_files["val"]),
         batch_size=4,
     )
-    trainer = L.Trainer(
-        fast_dev_run=2,
-        accelerator="cpu",
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-    )
+    trainer = quiet_trainer(fast_dev_run=2)
     trainer.fit(module, datamodule=dm)
     after = module.backbone.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in backbone_before.items())
@@ -222,9 +217,7 @@ def test_other_backbone_and_bad_files_are_rejected(feature_files, tmp_path):
 def test_meanp_evaluates_on_cached_features(feature_files):
     module = _module("meanp")
     dm = CachedFeatureDataModule(test_path=str(feature_files["test"]), eval_batch_size=2)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = quiet_trainer()
     (metrics,) = trainer.test(module, datamodule=dm, verbose=False)
     n = len(load_features(feature_files["test"])["video"])
     assert metrics["test/n_queries"] == n

@@ -7,10 +7,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import yaml
+from conftest import quiet_trainer
 
 from baselines.meanp import MeanPHead
 from tvrbench.retrieval import RetrievalModule
@@ -98,16 +98,7 @@ def test_a_training_step_clamps_the_logit_scale_parameter_afterwards():
     module = RetrievalModule(head=MeanPHead, clip="tiny", backbone_lr=1.0, warmup_frac=0.0)
     with torch.no_grad():
         module.backbone.clip.logit_scale.fill_(LN_100 - 0.01)
-    trainer = L.Trainer(
-        max_steps=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
+    trainer = quiet_trainer(max_steps=1, num_sanity_val_steps=0, limit_val_batches=0)
     loader = torch.utils.data.DataLoader(_AlignedPairs(), batch_size=8)
     trainer.fit(module, train_dataloaders=loader)
     # AdamW's first step moves θ by about lr = 1 upward; the hook puts it back at the cap.

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_WORDS
+from conftest import TINY_WORDS, quiet_trainer
 
 from tvrbench.data import video as video_lib
 from tvrbench.data.datamodule import DiDeMoDataModule
@@ -334,8 +334,6 @@ def test_summary(wide):
 
 
 def test_batches_and_stress_datamodule_under_trainer_test(wide):
-    import lightning as L
-
     from baselines.meanp import MeanPHead
     from tvrbench.retrieval import RetrievalModule
 
@@ -350,10 +348,7 @@ def test_batches_and_stress_datamodule_under_trainer_test(wide):
 
     torch.manual_seed(0)
     module = RetrievalModule(head=MeanPHead, clip="tiny")
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
-    (metrics,) = trainer.test(module, datamodule=sdm, verbose=False)
+    (metrics,) = quiet_trainer().test(module, datamodule=sdm, verbose=False)
     assert metrics["test/n_queries"] == 3
     assert module.last_eval["bucket_names"] == wide.bucket_names("test")
 
