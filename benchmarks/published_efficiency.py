@@ -56,7 +56,7 @@ from tvrbench.bench.head_cost import (
     reference_note,
 )
 from tvrbench.bench.latency import time_runs
-from tvrbench.methods import CONFIG_DIR, config_names, resolve_methods
+from tvrbench.methods import CONFIG_DIR, add_method_options, methods_from_options
 from tvrbench.retrieval import RetrievalHead
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -506,14 +506,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="msrvtt,didemo",
         help=f"NAME[,NAME...] of {', '.join(PROTOCOLS)}: Table I's MSR-VTT 1k-A sizes, DiDeMo's",
     )
-    p.add_argument(
-        "--methods",
-        default=None,
-        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
-    )
-    p.add_argument(
-        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
-    )
+    add_method_options(p, ROOT / CONFIG_DIR)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--budget-mb", type=float, default=BUDGET_MB, help="scoring memory budget, MiB")
@@ -532,12 +525,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--protocols {bad}: not one of {', '.join(PROTOCOLS)}")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
-    config_dir = Path(args.config_dir)
-    methods, unknown = resolve_methods(args.methods, config_dir)
-    if unknown or not methods:
-        known = ", ".join(config_names(config_dir)) or "none"
-        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
-    args.method_list = methods
+    args.method_list = methods_from_options(p, args)
     return args
 
 

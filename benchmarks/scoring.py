@@ -106,7 +106,7 @@ from tvrbench.bench.head_cost import (
 )
 from tvrbench.bench.latency import time_runs
 from tvrbench.chunking import slice_state
-from tvrbench.methods import CONFIG_DIR, config_names, resolve_methods
+from tvrbench.methods import CONFIG_DIR, add_method_options, methods_from_options
 from tvrbench.retrieval import RetrievalHead
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -465,14 +465,7 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="small sizes, finishes in seconds")
-    p.add_argument(
-        "--methods",
-        default=None,
-        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
-    )
-    p.add_argument(
-        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
-    )
+    add_method_options(p, ROOT / CONFIG_DIR)
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES))
     p.add_argument("--texts", type=int, default=None, help="Bt (1004)")
@@ -515,12 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             p.error(f"--{name} must be at least 1")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda requested but CUDA is not available")
-    config_dir = Path(args.config_dir)
-    methods, unknown = resolve_methods(args.methods, config_dir)
-    if unknown or not methods:
-        known = ", ".join(config_names(config_dir)) or "none"
-        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
-    args.method_list = methods
+    args.method_list = methods_from_options(p, args)
     args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
     return args
 

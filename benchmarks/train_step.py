@@ -63,13 +63,13 @@ from tvrbench.bench.child_env import child_env
 from tvrbench.methods import (
     CONFIG_DIR,
     MethodConfigError,
+    add_method_options,
     build_module,
     check_arguments,
     class_of,
-    config_names,
     load_method,
+    methods_from_options,
     place_data_shape,
-    resolve_methods,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -557,11 +557,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="tiny sizes, finishes in seconds")
     p.add_argument("--batch-size", type=int, default=None, help="videos (and paragraphs) per step")
     p.add_argument("--steps", type=int, default=None, help=f"timed steps ({WARMUP_STEPS} warm-up)")
-    p.add_argument(
-        "--methods",
-        default=None,
-        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
-    )
+    add_method_options(p, ROOT / CONFIG_DIR)
     p.add_argument("--frames", type=int, default=18, help="N, max frames per video")
     p.add_argument("--words", type=int, default=32, help="L, tokens per paragraph")
     p.add_argument(
@@ -571,9 +567,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--config-dir", default=str(ROOT / CONFIG_DIR), help="folder of the method YAMLs"
-    )
     p.add_argument("--out", default=None, help="CSV (default results/train-step-<device>.csv)")
     p.add_argument(
         "--activations",
@@ -593,12 +586,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--device must be cpu or cuda[:i], got {args.device!r}")
     if args.child or args.activations:
         return args
-    config_dir = Path(args.config_dir)
-    methods, unknown = resolve_methods(args.methods, config_dir)
-    if unknown or not methods:
-        known = ", ".join(config_names(config_dir)) or "none"
-        p.error(f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})")
-    args.method_list = methods
+    args.method_list = methods_from_options(p, args)
     args.named = bool(args.methods)  # methods asked for by name: a skip is a failure
     return args
 

@@ -24,6 +24,7 @@ MethodConfigError: method b: no config .../b.yaml (methods there: a)
 
 from __future__ import annotations
 
+import argparse
 import copy
 import functools
 import importlib
@@ -107,6 +108,30 @@ def resolve_methods(
         return default_methods(config_dir), []
     known = set(config_names(config_dir))
     return names, [n for n in names if n not in known]
+
+
+def add_method_options(parser: argparse.ArgumentParser, config_dir: str | Path) -> None:
+    """A benchmark script's ``--methods`` and ``--config-dir`` (read back with
+    :func:`methods_from_options`)."""
+    parser.add_argument(
+        "--methods",
+        default=None,
+        help="NAME[,NAME...]: configs in --config-dir (default: every config but variants)",
+    )
+    parser.add_argument("--config-dir", default=str(config_dir), help="folder of the method YAMLs")
+
+
+def methods_from_options(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """The methods ``--methods`` names (default: :func:`default_methods` of ``--config-dir``);
+    an unknown name is the parser's one-line error, listing the configs there."""
+    config_dir = Path(args.config_dir)
+    methods, unknown = resolve_methods(args.methods, config_dir)
+    if unknown or not methods:
+        known = ", ".join(config_names(config_dir)) or "none"
+        parser.error(
+            f"unknown method(s) {unknown}: no such config in {config_dir} (there: {known})"
+        )
+    return methods
 
 
 # ------------------------------------------------------------------------------ the configs
