@@ -124,3 +124,28 @@ def test_an_older_runs_module_config_builds_todays_module_with_the_same_paramete
     )
     assert published is not None and published["R@1"] == 46.7
     assert methods.upgrade_model_config(current) == current  # today's sections stay as they are
+
+
+def test_model_overrides_change_one_head_argument_and_keep_the_rest():
+    from tvrbench.bench.config import load_recipe, resolve_run
+
+    def resolve(model_overrides):
+        return resolve_run(
+            "glccl",
+            0,
+            recipe=load_recipe("tiny", ROOT / "configs" / "recipe"),
+            method_config_dir=CONFIG_DIR,
+            data={"class_path": "tvrbench.data.datamodule.DiDeMoDataModule", "init_args": {}},
+            trainer={"accelerator": "cpu", "devices": 1},
+            bench={},
+            overrides={"model": model_overrides},
+        ).config["model"]["init_args"]
+
+    base = resolve({})["head"]["init_args"]
+    changed = resolve({"lr": 5e-4, "head": {"init_args": {"tau": 7.0}}})
+    assert changed["lr"] == 5e-4 and changed["head"]["init_args"]["tau"] == 7.0
+    assert {k: v for k, v in changed["head"]["init_args"].items() if k != "tau"} == {
+        k: v for k, v in base.items() if k != "tau"
+    }
+    with pytest.raises(MethodConfigError, match="takes no argument nope"):
+        resolve({"head": {"init_args": {"nope": 1}}})

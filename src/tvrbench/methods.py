@@ -6,7 +6,8 @@ A method is ``configs/method/<name>.yaml`` (the tiny same-budget recipe) and, fo
 differs) whose ``init_args`` name the method's head, ``head: {class_path, init_args}``; optionally
 ``trainer`` / ``data`` sections the published recipe applies. The benchmark
 (:mod:`tvrbench.bench.config`) and the benchmark scripts (``benchmarks/scoring.py``,
-``benchmarks/train_step.py``, ``benchmarks/gpu_check.py``) find and build methods only through
+``benchmarks/published_efficiency.py``, ``benchmarks/train_step.py``,
+``benchmarks/gpu_check.py``) find and build methods only through
 this module, so a method added as one file + one config is picked up everywhere by its name.
 
 >>> from pathlib import Path

@@ -373,7 +373,8 @@ def resolve_run(
         max_words=data_args.get("max_words"),
         max_frames=data_args.get("max_frames"),
     )
-    model["init_args"].update(overrides.get("model") or {})
+    # Merged, so that `{head: {init_args: {tau: 5}}}` changes one head argument.
+    model["init_args"] = deep_merge(model["init_args"], overrides.get("model") or {})
     check_arguments(model, mfile.path)
     trainer_cfg.update(bench.get("trainer", {}))
     trainer_cfg.update(overrides.get("trainer") or {})

@@ -30,6 +30,8 @@ from tvrbench.metrics import DIRECTIONS, METRIC_NAMES, bootstrap_ci, summarize_r
 from tvrbench.precision import precision_label, tower_autocast
 
 SAMPLE_KEYS = ("input_ids", "attention_mask", "frames", "frame_mask")
+#: Gallery sizes of the retrieval-cost rows unless a run names others.
+DEFAULT_GALLERY_SIZES = (100, 1000, 10000, 100000)
 
 
 @dataclass(frozen=True)
@@ -48,7 +50,7 @@ class MeasureSettings:
     """
 
     bootstrap_samples: int = 1000
-    gallery_sizes: list[int] = field(default_factory=lambda: [100, 1000, 10000, 100000])
+    gallery_sizes: list[int] = field(default_factory=lambda: list(DEFAULT_GALLERY_SIZES))
     latency_repeats: int = 20
     latency_warmup: int = 3
     gallery_repeats: int = 3

@@ -35,14 +35,12 @@ from tvrbench.bench.config import (
     split_methods,
 )
 from tvrbench.bench.launch import LauncherSettings, check_launch, slurm_trainer_layout
-from tvrbench.bench.measure import MeasureSettings
+from tvrbench.bench.measure import DEFAULT_GALLERY_SIZES, MeasureSettings
 from tvrbench.bench.postproc import PostprocSettings
 from tvrbench.bench.stress import StressSettings
 from tvrbench.methods import DEFAULT_METHODS
 
-DEFAULT_GALLERY_SIZES = (100, 1000, 10000, 100000)
 DEFAULT_POSTPROC = ("none", "dsl", "qbnorm")
-DEFAULT_CACHE_ROOT = Path.home() / ".cache" / "tvrbench"
 
 
 @dataclass(frozen=True)
@@ -64,7 +62,8 @@ class BenchConfig:
         seed: base seed; also seeds the synthetic data and the tiny-CLIP pretraining.
         data, trainer: the data config and the trainer config (a YAML path or inline).
         data_overrides, trainer_overrides, model_overrides: applied last to every run's
-            ``data.init_args``, ``trainer`` and ``model.init_args``.
+            ``data.init_args``, ``trainer`` and ``model.init_args`` (merged: ``{head: {init_args:
+            {tau: 5}}}`` changes one argument of the method's head).
         protocol: ``finetune`` or ``cached_features`` (FAST PROTOCOL).
         device: ``auto``, ``cpu`` or ``cuda[:i]``: training (the trainer's accelerator) and
             every measurement (one device).
@@ -149,7 +148,9 @@ class BenchConfig:
 
     @property
     def cache_root(self) -> Path:
-        return Path(self.cache_dir).expanduser() if self.cache_dir else DEFAULT_CACHE_ROOT
+        if self.cache_dir:
+            return Path(self.cache_dir).expanduser()
+        return Path.home() / ".cache" / "tvrbench"
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,8 @@ class ResolvedBench:
             trainer=self.trainer,
             recipe_config=dataclasses.asdict(self.recipe),
             launcher=dataclasses.asdict(self.launcher),
+            # As given (None stays None: the run-name hash of existing runs is unchanged), or
+            # with a SLURM job's device layout added.
             trainer_overrides=self.trainer_overrides or self.config.trainer_overrides,
             postproc=self.postproc.methods if self.postproc else ["none"],
         )
